@@ -20,13 +20,13 @@ def inputs(tmp_path):
     rows = [
         train_row(1, labels={"Edema": "1.0", "Atelectasis": "-1.0"}),  # 0 kept (White)
         train_row(1, view=2, lateral=True),  # 1 lateral -> frontal filter
-        train_row(2, sex="Female", position="PA"),  # 2 kept (Black)
+        train_row(2, sex="Female", position="PA", labels={"Edema": "1.0"}),  # 2 kept (Black)
         train_row(3, position="LL"),  # 3 frontal LL -> AP/PA filter
         train_row(4),  # 4 race "Other" -> race filter
         train_row(5),  # 5 Hispanic ethnicity -> ethnicity filter
         train_row(6, age="81"),  # 6 kept (Asian - Historical Conv)
         train_row(7),  # 7 not in split file
-        train_row(8, study=2, age="20"),  # 8 kept (White or Caucasian)
+        train_row(8, study=2, age="20", labels={"Edema": "0.0"}),  # 8 kept (White or Caucasian)
         train_row(8, study=1, age="21"),  # 9 kept
     ]
     demo = {1: ("White", NH), 2: ("Black or African American", "Not Hispanic"), 3: ("White", NH),
@@ -140,4 +140,8 @@ def test_report_counts_add_up_and_prevalence_is_exact(inputs):
     atel_white = [r for r in report["prevalence"] if (r["split"], r["attribute"], r["subgroup"], r["pathology"]) ==
                   ("train", "race", "White", "Atelectasis")][0]
     assert atel_white["uncertain"] == 1.0
+    # Shares are over all images of the subgroup, blanks included: test = 3 images, Edema 1 / 0 / blank.
+    edema_test = [r for r in report["prevalence"] if (r["split"], r["attribute"], r["pathology"]) ==
+                  ("test", "all", "Edema")][0]
+    assert (edema_test["n"], edema_test["positive"], edema_test["blank"]) == (3, 0.3333, 0.3333)
     assert report["cohort_hash"].startswith("sha256:")

@@ -50,8 +50,8 @@ def prevalence(cohort: pl.DataFrame, attributes: tuple[str, ...] = REPORT_ATTRIB
     stacked = pl.concat([f.select("split", "attribute", "subgroup", "pathology", "label") for f in frames])
     table = stacked.group_by("split", "attribute", "subgroup", "pathology").agg(
         pl.len().alias("n"),
-        (pl.col("label") == 1.0).mean().round(4).alias("positive"),
-        (pl.col("label") == -1.0).mean().round(4).alias("uncertain"),
+        (pl.col("label") == 1.0).fill_null(False).mean().round(4).alias("positive"),
+        (pl.col("label") == -1.0).fill_null(False).mean().round(4).alias("uncertain"),
         pl.col("label").is_null().mean().round(4).alias("blank"),
     )
     return table.sort("split", "attribute", "subgroup", "pathology").to_dicts()
