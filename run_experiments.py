@@ -27,12 +27,12 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from engine.data import synth
+    from engine.data import synth, synth_nih
 
     if args.dataset == "chexpert":
         paths = synth.write_synthetic_chexpert(args.out, n_patients=args.patients, seed=args.seed, force=args.force)
     else:
-        paths = synth.write_synthetic_nih(args.out, n_images=args.images, seed=args.seed, force=args.force)
+        paths = synth_nih.write_synthetic_nih(args.out, n_images=args.images, seed=args.seed, force=args.force)
     for name, path in paths.items():
         print(f"{name:<14} {path}")
 
@@ -47,6 +47,30 @@ def cmd_prepare_chexpert(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_prepare_nih(args: argparse.Namespace) -> None:
+    from engine.data.prepare_pool import prepare_nih
+
+    prepare_nih(data_entry=args.data_entry, out=args.out, image_subdir=args.image_subdir,
+                train_val_list=args.train_val_list, test_list=args.test_list, force=args.force)
+
+
+def cmd_prepare_mimic(args: argparse.Namespace) -> None:
+    from engine.data.prepare_pool import prepare_mimic
+
+    prepare_mimic(metadata=args.metadata, chexpert_labels=args.chexpert_labels, out=args.out, split=args.split,
+                  patients=args.patients, admissions=args.admissions, force=args.force)
+
+
+def cmd_prepare_pool(args: argparse.Namespace) -> None:
+    from engine.data.prepare_pool import prepare_pool
+
+    prepare_pool(sources=args.source, out=args.out, chexpert_train_csv=args.chexpert_train_csv,
+                 chexpert_demographics=args.chexpert_demographics, fraction=args.fraction,
+                 fraction_unit=args.fraction_unit, seed=args.seed, include_laterals=args.include_laterals,
+                 keep_splits=args.keep_split, cohort=args.cohort, exclude_eval=args.exclude_eval_patients,
+                 force=args.force)
+
+
 def cmd_subsets(args: argparse.Namespace) -> None:
     from engine.data.subsets import build_subsets
 
@@ -55,7 +79,7 @@ def cmd_subsets(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from engine.data.cache_cli import cache_images
+    from engine.data.cache_stage import cache_images
 
     cache_images(table=args.table, image_root=args.image_root, out_dir=args.out, size=args.size,
                  workers=args.workers, skip_bad=args.skip_bad, force=args.force)
@@ -89,6 +113,38 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, required=True, help="cohort parquet path")
     c.add_argument("--force", action="store_true", help="overwrite existing outputs")
     c.set_defaults(func=cmd_prepare_chexpert)
+    add_prepare_pools(datasets)
+
+
+def add_prepare_pools(datasets: argparse._SubParsersAction) -> None:
+    n = datasets.add_parser("nih", help="NIH ChestX-ray14 image table for pre-training pools")
+    n.add_argument("--data-entry", type=Path, required=True, help="Data_Entry_2017[_v2020].csv[.gz]")
+    n.add_argument("--image-subdir", default="images", help="folder of the PNGs under the dataset root")
+    n.add_argument("--train-val-list", type=Path, help="train_val_list.txt (or Medical MAE's train_official.txt)")
+    n.add_argument("--test-list", type=Path, help="test_list.txt")
+    m = datasets.add_parser("mimic", help="MIMIC-CXR-JPG image table for pre-training pools")
+    m.add_argument("--metadata", type=Path, required=True, help="mimic-cxr-2.0.0-metadata.csv[.gz]")
+    m.add_argument("--chexpert-labels", type=Path, required=True, help="mimic-cxr-2.0.0-chexpert.csv[.gz]")
+    m.add_argument("--split", type=Path, help="mimic-cxr-2.0.0-split.csv[.gz] (official split)")
+    m.add_argument("--patients", type=Path, help="MIMIC-IV hosp/patients.csv[.gz] (sex, age)")
+    m.add_argument("--admissions", type=Path, help="MIMIC-IV hosp/admissions.csv[.gz] (race)")
+    p = datasets.add_parser("pool", help="union of datasets into a pre-training pool (pool.parquet + report)")
+    p.add_argument("--source", type=Path, action="append", default=[], help="table from prepare nih/mimic")
+    p.add_argument("--chexpert-train-csv", type=Path, help="add CheXpert train.csv (all rows) as a source")
+    p.add_argument("--chexpert-demographics", type=Path, help="race for the CheXpert source (optional)")
+    p.add_argument("--fraction", type=float, default=1.0, help="seeded fraction kept per dataset (0, 1]")
+    p.add_argument("--fraction-unit", choices=["images", "patients"], default="images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include-laterals", action="store_true", help="keep lateral views (default: frontal only)")
+    p.add_argument("--keep-split", action="append", default=[], metavar="DATASET=SPLIT[,SPLIT]",
+                   help="keep only these values of a dataset's own split column, e.g. nih=train_val")
+    p.add_argument("--cohort", type=Path, help="fine-tuning cohort: its validate/test patients are counted")
+    p.add_argument("--exclude-eval-patients", action="store_true",
+                   help="remove the cohort's validate/test patients from the pool (default: kept, as the paper)")
+    for parser, func in ((n, cmd_prepare_nih), (m, cmd_prepare_mimic), (p, cmd_prepare_pool)):
+        parser.add_argument("--out", type=Path, required=True)
+        parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+        parser.set_defaults(func=func)
 
 
 def add_subsets(sub: argparse._SubParsersAction) -> None:

@@ -71,7 +71,7 @@ def test_shipped_split_on_real_train_csv_gives_the_papers_cohort(tmp_path):
 def test_real_samples_map_to_the_same_rows_and_labels(tmp_path, realdata):
     """The 3,000 real test images of Glocker et al. carry their split-file index: labels must match train.csv."""
     train_csv = _real_train_csv(tmp_path)
-    from engine.data.chexpert import read_chexpert_csv, normalise_image_id
+    from engine.data.chexpert import normalise_image_id, read_chexpert_csv
     from engine.data.schema import PATHOLOGIES
 
     train = read_chexpert_csv(train_csv)

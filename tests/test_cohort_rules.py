@@ -58,7 +58,8 @@ def test_cohort_columns_values_and_ids(inputs):
     row = cohort.filter(pl.col("source_row") == 0).to_dicts()[0]
     assert row["image_id"] == "train/patient00001/study1/view1_frontal.jpg"
     assert (row["patient_id"], row["study_id"]) == ("patient00001", "patient00001/study1")
-    assert (row["race"], row["sex"], row["split"], row["age"], row["age_bin"]) == ("White", "Male", "train", 50, "41-50")
+    demographics = (row["race"], row["sex"], row["split"], row["age"], row["age_bin"])
+    assert demographics == ("White", "Male", "train", 50, "41-50")
     assert (row["Edema"], row["Atelectasis"], row["Cardiomegaly"]) == (1.0, -1.0, None)
     races = dict(cohort.select("patient_id", "race").unique().iter_rows())
     assert races == {"patient00001": "White", "patient00002": "Black", "patient00006": "Asian",

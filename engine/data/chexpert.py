@@ -99,9 +99,8 @@ def _parse_labels(frame: pl.DataFrame, file: str | Path) -> pl.DataFrame:
 def _parse_age(frame: pl.DataFrame, file: str | Path) -> pl.DataFrame:
     """Age must be a whole number of years in 0..120 (blank allowed, stays null)."""
     parsed = pl.col("age_raw").str.strip_chars().cast(pl.Float64, strict=False)
-    bad = frame.filter(
-        pl.col("age_raw").is_not_null() & (parsed.is_null() | (parsed < 0) | (parsed > 120) | (parsed != parsed.round()))
-    )
+    invalid = parsed.is_null() | (parsed < 0) | (parsed > 120) | (parsed != parsed.round())
+    bad = frame.filter(pl.col("age_raw").is_not_null() & invalid)
     if bad.height:
         raise DataError("Age is not a whole number of years in 0..120", file=file, column="Age",
                         rows=example_rows(bad, "age_raw"),

@@ -21,6 +21,7 @@ from engine.data.schema import (
     COHORT_ID_COLUMNS,
     ETHNICITIES_KEPT,
     FRONTAL,
+    OFFICIAL_VALID_SPLIT,
     PATHOLOGIES,
     POSITIONS_KEPT,
     RACE_SUBSTRINGS,
@@ -35,8 +36,6 @@ from engine.data.splits import (
     read_split_file,
 )
 
-OFFICIAL_VALID_SPLIT = "official_valid"
-
 
 def race_expr(primary_race: pl.Expr) -> pl.Expr:
     """PRIMARY_RACE -> White / Asian / Black by substring; a later rule overwrites an earlier one (peers.md 5a)."""
@@ -49,7 +48,7 @@ def race_expr(primary_race: pl.Expr) -> pl.Expr:
 def age_bin_expr(age: pl.Expr) -> pl.Expr:
     """Age -> bin label with upper edges <=20, <=30, ..., <=80, >80 (chexploration resampling notebook)."""
     expr = pl.lit(AGE_BIN_LABELS[-1])
-    for edge, label in reversed(list(zip(AGE_BIN_UPPER_EDGES, AGE_BIN_LABELS))):
+    for edge, label in reversed(list(zip(AGE_BIN_UPPER_EDGES, AGE_BIN_LABELS, strict=False))):
         expr = pl.when(age <= edge).then(pl.lit(label)).otherwise(expr)
     return pl.when(age.is_null()).then(pl.lit(None, dtype=pl.String)).otherwise(expr)
 

@@ -33,7 +33,8 @@ def composition(cohort: pl.DataFrame) -> list[dict]:
 def split_totals(cohort: pl.DataFrame) -> dict[str, dict[str, int]]:
     """Images and patients per split."""
     table = cohort.group_by("split").agg(pl.len().alias("images"), pl.col("patient_id").n_unique().alias("patients"))
-    return {row["split"]: {"images": row["images"], "patients": row["patients"]} for row in table.sort("split").to_dicts()}
+    rows = table.sort("split").to_dicts()
+    return {row["split"]: {"images": row["images"], "patients": row["patients"]} for row in rows}
 
 
 def prevalence(cohort: pl.DataFrame, attributes: tuple[str, ...] = REPORT_ATTRIBUTES) -> list[dict]:

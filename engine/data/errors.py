@@ -54,5 +54,6 @@ def example_rows(frame, column: str, *, row_column: str = "_row", k: int = 5) ->
     head = frame.head(k)
     values = head[column].to_list()
     if row_column in head.columns:
-        return [f"line {row + 2}: {column}={value!r}" for row, value in zip(head[row_column].to_list(), values)]
+        rows = head[row_column].to_list()
+        return [f"line {row + 2}: {column}={value!r}" for row, value in zip(rows, values, strict=True)]
     return [f"{column}={value!r}" for value in values]

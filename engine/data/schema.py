@@ -65,6 +65,9 @@ AGE_BIN_UPPER_EDGES: tuple[int, ...] = (20, 30, 40, 50, 60, 70, 80)
 AGE_BIN_LABELS: tuple[str, ...] = ("0-20", "21-30", "31-40", "41-50", "51-60", "61-70", "71-80", "81+")
 
 SPLITS: tuple[str, ...] = ("train", "validate", "test")
+# The official CheXpert valid.csv, when added by prepare --valid-csv: an external check set, never trained on.
+OFFICIAL_VALID_SPLIT = "official_valid"
+COHORT_SPLITS: tuple[str, ...] = (*SPLITS, OFFICIAL_VALID_SPLIT)
 
 # Cohort output columns (labels follow as raw 1 / 0 / -1 / null floats, one column per pathology).
 COHORT_ID_COLUMNS: tuple[str, ...] = (
@@ -86,7 +89,7 @@ def age_bin(age: int | float | None) -> str | None:
     """Return the age-bin label for an age in years (None stays None)."""
     if age is None or age != age:  # NaN check without numpy
         return None
-    for edge, label in zip(AGE_BIN_UPPER_EDGES, AGE_BIN_LABELS):
+    for edge, label in zip(AGE_BIN_UPPER_EDGES, AGE_BIN_LABELS, strict=False):
         if age <= edge:
             return label
     return AGE_BIN_LABELS[-1]

@@ -1,0 +1,35 @@
+"""The ``cache`` stage: cache every usable image of a cohort or pool table, and flag bad ones in the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from engine.data.cache_build import CacheReport, build_cache, mark_excluded
+from engine.data.io import read_table, require_columns
+
+
+def cache_images(*, table: Path, image_root: Path, out_dir: Path, size: int = 256, workers: int | None = None,
+                 skip_bad: bool = False, force: bool = False, progress: bool = True) -> CacheReport:
+    """Cache the images of ``table`` (``image_id`` column); rows already excluded are skipped, and counted.
+
+    With ``skip_bad``, missing or corrupt images are written into the table's ``excluded_reason`` column so
+    that later stages (subsets, training) exclude them visibly.
+    """
+    frame = read_table(table, what="cohort/pool table")
+    require_columns(frame, ("image_id",), file=table, what="cohort/pool table")
+    usable = frame
+    if "excluded_reason" in frame.columns:
+        usable = frame.filter(pl.col("excluded_reason").is_null())
+        if usable.height < frame.height:
+            print(f"skipping {frame.height - usable.height:,} row(s) already excluded (column excluded_reason)")
+    report = build_cache(usable["image_id"], image_root=image_root, out_dir=out_dir, size=size, workers=workers,
+                         skip_bad=skip_bad, force=force, progress=progress)
+    print(f"cache {out_dir}: {report.n_total:,} images ({report.n_ok:,} decoded now, "
+          f"{report.n_skipped_already_done:,} already done, {report.n_bad:,} bad) "
+          f"in {report.seconds:.1f} s, {report.images_per_s:.0f} images/s")
+    if report.bad:
+        marked = mark_excluded(Path(table), report.bad)
+        print(f"marked {marked:,} bad image(s) as excluded in {table} (column excluded_reason)")
+    return report
