@@ -14,10 +14,12 @@ transform ``Resize(256) + CenterCrop(224)`` of the original (centre crops compos
 Resampling: ``PIL.Image.Resampling.BICUBIC``. Pillow's resize is antialiased: its kernel support is widened by the
 downscale factor, so a 2320 -> 256 reduction averages every source pixel instead of skipping rows.
 
-JPEG draft: libjpeg can decode at 1/2, 1/4 or 1/8 scale (DCT scaling), which is several times faster on full-size
-CheXpert. ``Image.draft`` picks the largest such factor that keeps both sides >= the requested resize target, and
-we re-check that after the call; the box Pillow returns maps the reduced image back onto the original extent, so
-the geometry is unchanged and only the anti-aliasing filter differs slightly (a few grey levels at most).
+JPEG draft: libjpeg can decode at 1/2, 1/4 or 1/8 scale (DCT scaling), which skips most of the inverse DCT and the
+full-size resize (full-size CheXpert: 2.1x faster than decode + resize, docs/performance.md). It is used only when
+a factor of at least 2 fits; ``Image.draft`` picks the largest factor that keeps both sides >= the resize target,
+and we re-check that after the call. The box Pillow returns maps the reduced image back onto the original extent,
+so the geometry is unchanged and only the low-pass differs (at most 3-4 grey levels from the full-decode result on
+test images). An RGB JPEG decoded in draft mode yields libjpeg's luma (same ITU-R 601 weights as ``convert("L")``).
 No EXIF orientation is applied (torchvision does not either; CheXpert JPEGs carry none).
 """
 

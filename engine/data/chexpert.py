@@ -53,7 +53,7 @@ def read_chexpert_csv(path: str | Path) -> pl.DataFrame:
         *[pl.col(p) for p in PATHOLOGIES],
     )
     _check_paths(frame, path)
-    frame = _parse_labels(frame, path)
+    frame = parse_raw_labels(frame, path)
     frame = _parse_age(frame, path)
     _check_sex(frame, path)
     parts = pl.col("image_id").str.split("/")
@@ -82,8 +82,11 @@ def _check_paths(frame: pl.DataFrame, file: str | Path) -> None:
                         column="Path", rows=example_rows(dup, "Path"), n_bad=dup.height)
 
 
-def _parse_labels(frame: pl.DataFrame, file: str | Path) -> pl.DataFrame:
-    """Cast the 14 label columns to Float64 and reject anything outside {1, 0, -1, blank}."""
+def parse_raw_labels(frame: pl.DataFrame, file: str | Path) -> pl.DataFrame:
+    """Cast the 14 label columns (strings) to Float64; reject anything outside {1, 0, -1, blank}.
+
+    ``frame`` carries a ``_row`` column (0-based data row) so that errors name the offending lines.
+    """
     for pathology in PATHOLOGIES:
         value = pl.col(pathology).str.strip_chars()
         parsed = value.cast(pl.Float64, strict=False)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import polars as pl
 
+from engine.data.chexpert import parse_raw_labels
 from engine.data.errors import DataError, example_rows
 from engine.data.filter_log import FilterLog
 from engine.data.io import read_table, require_columns
-from engine.data.schema import PATHOLOGIES, RAW_LABEL_VALUES, SPLITS
+from engine.data.schema import PATHOLOGIES, SPLITS
 
 METADATA_COLUMNS: tuple[str, ...] = ("dicom_id", "subject_id", "study_id", "ViewPosition")
 LABEL_KEYS: tuple[str, ...] = ("subject_id", "study_id")
@@ -121,14 +122,7 @@ def _read_labels(path: str | Path) -> pl.DataFrame:
     require_columns(raw, LABEL_KEYS + PATHOLOGIES, file=path, what="MIMIC-CXR CheXpert labels")
     frame = raw.with_row_index("_row").with_columns(pl.col(c).str.strip_chars() for c in (*LABEL_KEYS, *PATHOLOGIES))
     _check_ids(frame, path)
-    for pathology in PATHOLOGIES:
-        parsed = pl.col(pathology).cast(pl.Float64, strict=False)
-        outside = parsed.is_null() | ~parsed.is_in(sorted(RAW_LABEL_VALUES))
-        bad = frame.filter(pl.col(pathology).is_not_null() & outside)
-        if bad.height:
-            raise DataError("label outside {1, 0, -1, blank}", file=path, column=pathology,
-                            rows=example_rows(bad, pathology), n_bad=bad.height)
-        frame = frame.with_columns(parsed.alias(pathology))
+    frame = parse_raw_labels(frame, path)
     dup = frame.filter(pl.struct(LABEL_KEYS).is_duplicated())
     if dup.height:
         raise DataError("a (subject_id, study_id) pair has more than one label row", file=path, column="study_id",
