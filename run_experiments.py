@@ -82,7 +82,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
     from engine.data.cache_stage import cache_images
 
     cache_images(table=args.table, image_root=args.image_root, out_dir=args.out, size=args.size,
-                 workers=args.workers, skip_bad=args.skip_bad, force=args.force)
+                 workers=args.workers, skip_bad=args.skip_bad, force=args.force, progress=not args.no_progress)
 
 
 def add_synth(sub: argparse._SubParsersAction) -> None:
@@ -162,12 +162,13 @@ def add_cache(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="decode + resize images once into a uint8 cache (parallel, resumable)")
     p.add_argument("--table", type=Path, required=True, help="cohort.parquet or pool.parquet (column image_id)")
     p.add_argument("--image-root", type=Path, required=True, help="folder the image_ids are relative to")
-    p.add_argument("--out", type=Path, required=True, help="cache directory")
+    p.add_argument("--out", type=Path, required=True, help="cache directory (one per size, e.g. cache-256, cache-448)")
     p.add_argument("--size", type=int, default=256, help="short side resized to SIZE, centre crop SIZE x SIZE")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument("--skip-bad", action="store_true", help="continue past missing/corrupt images and flag them "
                                                             "in the cohort (column excluded_reason)")
     p.add_argument("--force", action="store_true", help="discard an existing cache in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(func=cmd_cache)
 
 

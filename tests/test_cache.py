@@ -18,7 +18,8 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from engine.data.cache import load_square, open_reduced
-from engine.data.cache_build import BadImagesError, build_cache, mark_excluded, normalise_ids
+from engine.data.cache_build import BadImagesError, build_cache, normalise_ids
+from engine.data.cache_exclusions import ids_to_cache, mark_excluded
 from engine.data.cache_read import LOCK_FILE, OK, TODO, ImageCache, read_bad_images, read_manifest
 from engine.data.errors import DataError
 
@@ -89,8 +90,9 @@ BAD_REASONS = {
 def built(images: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     """One cache over good and bad ids, built in-process with skip_bad."""
     out = tmp_path_factory.mktemp("cache")
-    report = build_cache([*GOOD, *BAD_REASONS], image_root=images, out_dir=out, size=SIZE, workers=1,
-                         skip_bad=True, progress=False)
+    report = build_cache(
+        [*GOOD, *BAD_REASONS], image_root=images, out_dir=out, size=SIZE, workers=1, skip_bad=True, progress=False
+    )
     return out, report
 
 
@@ -183,8 +185,9 @@ def test_fixed_bad_image_is_retried_on_rerun(images: Path, tmp_path: Path) -> No
     good = images / "p1/s1/land.jpg"
     (root / "x/a.jpg").write_bytes(good.read_bytes())
     ids = ["x/a.jpg", "x/b.jpg"]
-    first = build_cache(ids, image_root=root, out_dir=tmp_path / "c", size=SIZE, workers=1, skip_bad=True,
-                        progress=False)
+    first = build_cache(
+        ids, image_root=root, out_dir=tmp_path / "c", size=SIZE, workers=1, skip_bad=True, progress=False
+    )
     assert first.bad == [("x/b.jpg", "missing file")] and (tmp_path / "c/bad_images.csv").exists()
     (root / "x/b.jpg").write_bytes(good.read_bytes())
     second = build_cache(ids, image_root=root, out_dir=tmp_path / "c", size=SIZE, workers=1, progress=False)
@@ -195,8 +198,9 @@ def test_fixed_bad_image_is_retried_on_rerun(images: Path, tmp_path: Path) -> No
 
 
 def test_parallel_build_equals_serial_build(images: Path, built: tuple[Path, object], tmp_path: Path) -> None:
-    report = build_cache([*GOOD, *BAD_REASONS], image_root=images, out_dir=tmp_path, size=SIZE, workers=2,
-                         skip_bad=True, progress=False)
+    report = build_cache(
+        [*GOOD, *BAD_REASONS], image_root=images, out_dir=tmp_path, size=SIZE, workers=2, skip_bad=True, progress=False
+    )
     assert report.bad == built[1].bad
     for name in ("images.u8", "status.u8"):
         assert (tmp_path / name).read_bytes() == (built[0] / name).read_bytes()
@@ -242,8 +246,11 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path: Path) -> None:
         Image.fromarray(smooth_noisy(70 + i % 7, 90, i)).save(images / image_id)
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_BUILD), str(images), str(out),
-                              ",".join(ids)], env=env, cwd=PROJECT_ROOT)
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(KILLED_BUILD), str(images), str(out), ",".join(ids)],
+        env=env,
+        cwd=PROJECT_ROOT,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status_file = out / "status.u8"
@@ -283,8 +290,13 @@ def test_mismatched_rerun_fails_unless_force(images: Path, tmp_path: Path) -> No
 
 
 def test_invalid_ids_and_concurrent_build_are_refused(images: Path, tmp_path: Path) -> None:
-    for bad_ids, needle in (([], "no image ids"), (["a.jpg", "a.jpg"], "duplicate"), (["../x.jpg"], "relative"),
-                            (["/etc/x.jpg"], "relative"), (["a.jpg", None], "non-empty")):
+    for bad_ids, needle in (
+        ([], "no image ids"),
+        (["a.jpg", "a.jpg"], "duplicate"),
+        (["../x.jpg"], "relative"),
+        (["/etc/x.jpg"], "relative"),
+        (["a.jpg", None], "non-empty"),
+    ):
         with pytest.raises(DataError, match=needle):
             normalise_ids(bad_ids)
     tmp_path.mkdir(exist_ok=True)
@@ -296,8 +308,13 @@ def test_invalid_ids_and_concurrent_build_are_refused(images: Path, tmp_path: Pa
 
 def test_mark_excluded_rewrites_cohort(tmp_path: Path) -> None:
     path = tmp_path / "cohort.parquet"
-    cohort = pl.DataFrame({"image_id": ["a", "b", "c", "d"], "split": ["train", "test", "train", "validate"],
-                           "age": pl.Series([50, 60, 70, 80], dtype=pl.Int16)})
+    cohort = pl.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "d"],
+            "split": ["train", "test", "train", "validate"],
+            "age": pl.Series([50, 60, 70, 80], dtype=pl.Int16),
+        }
+    )
     cohort.write_parquet(path)
     assert mark_excluded(path, [("b", "missing file"), ("d", "corrupt: x; y")]) == 2
     out = pl.read_parquet(path)
@@ -305,14 +322,44 @@ def test_mark_excluded_rewrites_cohort(tmp_path: Path) -> None:
     assert out.schema["excluded_reason"] == pl.String and out.schema["age"] == pl.Int16
     assert out["excluded_reason"].to_list() == [None, "cache: missing file", None, "cache: corrupt: x, y"]
     # Another stage's reason is kept; the earlier cache reasons are replaced by this run's.
-    out.with_columns(pl.when(pl.col("image_id") == "c").then(pl.lit("prepare: no race"))
-                     .otherwise(pl.col("excluded_reason")).alias("excluded_reason")).write_parquet(path)
+    out.with_columns(
+        pl.when(pl.col("image_id") == "c")
+        .then(pl.lit("prepare: no race"))
+        .otherwise(pl.col("excluded_reason"))
+        .alias("excluded_reason")
+    ).write_parquet(path)
     assert mark_excluded(path, [("c", "missing file")]) == 1
     again = pl.read_parquet(path)
     assert again["excluded_reason"].to_list() == [None, None, "prepare: no race; cache: missing file", None]
     assert again.drop("excluded_reason").equals(cohort)
     with pytest.raises(DataError, match="not in this cohort"):
         mark_excluded(path, [("zzz", "missing file")])
+
+
+def test_cohort_round_trip_keeps_id_list_stable_and_heals(images: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    good = (images / "p1/s1/land.jpg").read_bytes()
+    for name in ("a.jpg", "c.jpg"):
+        (root / name).write_bytes(good)
+    path = tmp_path / "cohort.parquet"
+    pl.DataFrame(
+        {"image_id": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "excluded_reason": [None, None, None, "prepare: no race"]}
+    ).write_parquet(path)
+    ids, left_out = ids_to_cache(pl.read_parquet(path))
+    assert ids.to_list() == ["a.jpg", "b.jpg", "c.jpg"] and left_out == 1
+    kwargs = {"image_root": root, "out_dir": tmp_path / "c", "size": SIZE, "workers": 1, "progress": False}
+    report = build_cache(ids, skip_bad=True, **kwargs)
+    assert mark_excluded(path, report.bad) == 1
+    assert pl.read_parquet(path)["excluded_reason"].to_list()[1] == "cache: missing file"
+    # Rerun after marking: same id list (no force needed); the restored file is retried and un-marked.
+    (root / "b.jpg").write_bytes(good)
+    ids_again, _ = ids_to_cache(pl.read_parquet(path))
+    assert ids_again.to_list() == ids.to_list()
+    again = build_cache(ids_again, **kwargs)
+    assert (again.n_ok, again.n_bad) == (1, 0)
+    assert mark_excluded(path, again.bad) == 0
+    assert pl.read_parquet(path)["excluded_reason"].to_list() == [None, None, None, "prepare: no race"]
 
 
 def test_real_nih_pngs_match_reference(realdata: Path, tmp_path: Path) -> None:

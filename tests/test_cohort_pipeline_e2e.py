@@ -86,3 +86,25 @@ def test_demo_command_builds_everything(tmp_path):
     assert pl.read_parquet(paths["subsets"])["set"].n_unique() == 4
     manifest = json.loads((paths["synthetic"] / "synthetic.json").read_text())
     assert manifest["synthetic"] is True
+
+
+def test_bad_image_fails_then_is_skipped_flagged_and_excluded_downstream(tmp_path, capsys):
+    synth, cohort, cache = tmp_path / "synth", tmp_path / "cohort.parquet", tmp_path / "cache"
+    _cli("synth", "chexpert", "--out", synth, "--patients", 150, "--seed", 4)
+    small = synth / "CheXpert-v1.0-small"
+    _cli("prepare", "chexpert", "--train-csv", small / "train.csv", "--demographics", synth / "CHEXPERT DEMO.xlsx",
+         "--split", synth / "chexpert_split.csv", "--out", cohort)
+    victim = pl.read_parquet(cohort).filter(pl.col("split") == "test")["image_id"][0]
+    data = (small / victim).read_bytes()
+    (small / victim).write_bytes(data[: len(data) // 2])  # a truncated JPEG
+    cache_args = ["cache", "--table", cohort, "--image-root", small, "--out", cache, "--size", 32, "--no-progress"]
+    assert run_experiments.main([str(a) for a in cache_args]) == 2
+    assert victim in capsys.readouterr().err
+    _cli(*cache_args, "--skip-bad")
+    _cli(*cache_args, "--skip-bad")  # a rerun keeps the same id list and resumes
+    flagged = pl.read_parquet(cohort).filter(pl.col("excluded_reason").is_not_null())
+    assert flagged["image_id"].to_list() == [victim] and flagged["excluded_reason"][0].startswith("cache: corrupt")
+    _cli("subsets", "--cohort", cohort)
+    assert victim not in set(pl.read_parquet(tmp_path / "subsets.parquet")["image_id"])
+    report = json.loads((tmp_path / "subsets_report.json").read_text())
+    assert report["cohort"]["n_excluded"] == 1

@@ -41,7 +41,7 @@ from engine.data.cache_read import (
     write_manifest,
 )
 from engine.data.errors import DataError
-from engine.data.io import read_table, require_columns, write_csv, write_parquet
+from engine.data.io import write_csv
 
 MAX_CHUNK = 64  # rows per task: ~1 s of decoding, so a kill loses little and the progress bar moves
 
@@ -112,8 +112,13 @@ def build_cache(
         _finish(out_dir, manifest, bad, rule["decoder"])
     seconds = time.perf_counter() - start
     report = CacheReport(
-        n_total=len(ids), n_ok=int(todo.size) - len(bad), n_bad=len(bad), n_skipped_already_done=int(skipped),
-        bad=bad, seconds=seconds, images_per_s=todo.size / seconds if seconds > 0 else 0.0,
+        n_total=len(ids),
+        n_ok=int(todo.size) - len(bad),
+        n_bad=len(bad),
+        n_skipped_already_done=int(skipped),
+        bad=bad,
+        seconds=seconds,
+        images_per_s=todo.size / seconds if seconds > 0 else 0.0,
     )
     if bad and not skip_bad:
         raise BadImagesError(report, out_dir / BAD_FILE)
@@ -134,7 +139,9 @@ def normalise_ids(image_ids: Sequence[str] | pl.Series) -> list[str]:
     escaping = [v for v in ids if os.path.isabs(v) or ".." in Path(v).parts]
     if escaping:
         raise DataError(
-            "image ids must be paths relative to the image root", column="image_id", rows=escaping[:5],
+            "image ids must be paths relative to the image root",
+            column="image_id",
+            rows=escaping[:5],
             n_bad=len(escaping),
         )
     return ids
@@ -229,56 +236,3 @@ def _locked(out_dir: Path) -> Iterator[None]:
         except BlockingIOError as exc:
             raise DataError("another cache build is running on this folder", file=out_dir) from exc
         yield
-
-
-EXCLUDED_COLUMN = "excluded_reason"
-CACHE_REASON_PREFIX = "cache: "
-
-
-def mark_excluded(cohort_path: Path, bad: list[tuple[str, str]]) -> int:
-    """Set ``excluded_reason`` = "cache: <reason>" for the bad image ids in the cohort parquet; return rows marked.
-
-    Rewrites the file atomically. Reasons from other stages are kept (joined with "; "); reasons from an earlier
-    cache run are replaced, so an image fixed since then is no longer excluded. DataError for ids not in the cohort.
-    """
-    cohort_path = Path(cohort_path)
-    cohort = read_table(cohort_path, what="cohort")
-    require_columns(cohort, ("image_id",), file=cohort_path, what="cohort")
-    reasons = {image_id: _prefixed(reason) for image_id, reason in bad}
-    unknown = sorted(set(reasons) - set(cohort["image_id"].to_list()))
-    if unknown:
-        raise DataError(
-            "bad images are not in this cohort (was the cache built from another cohort?)",
-            file=cohort_path, column="image_id", rows=unknown[:5], n_bad=len(unknown),
-        )
-    marks = pl.DataFrame(
-        {"image_id": list(reasons), "_cache_reason": list(reasons.values())},
-        schema={"image_id": pl.String, "_cache_reason": pl.String},
-    )
-    marked = cohort.join(marks, on="image_id", how="left", maintain_order="left", coalesce=True)
-    marked = marked.with_columns(_merged_reason(cohort.columns).alias(EXCLUDED_COLUMN)).drop("_cache_reason")
-    write_parquet(marked, cohort_path)  # column order kept; a new excluded_reason column goes last
-    return int(marked["image_id"].is_in(list(reasons)).sum())
-
-
-def _prefixed(reason: str) -> str:
-    """The reason with the "cache: " prefix and ';' replaced, since '; ' separates reasons of different stages."""
-    text = reason.replace(";", ",")
-    return text if text.startswith(CACHE_REASON_PREFIX) else CACHE_REASON_PREFIX + text
-
-
-def _merged_reason(columns: list[str]) -> pl.Expr:
-    """Existing reasons minus earlier cache reasons, plus this run's cache reason; null when none remain."""
-    if EXCLUDED_COLUMN not in columns:
-        return pl.col("_cache_reason").cast(pl.String)
-    others = (
-        pl.col(EXCLUDED_COLUMN)
-        .cast(pl.String)
-        .str.split("; ")
-        .list.eval(pl.element().filter(~pl.element().str.starts_with(CACHE_REASON_PREFIX)))
-        .list.join("; ")
-    )
-    others = pl.when(others == "").then(None).otherwise(others)
-    merged = pl.concat_str([others, pl.col("_cache_reason")], separator="; ", ignore_nulls=True)
-    return pl.when(merged == "").then(None).otherwise(merged).cast(pl.String)
-

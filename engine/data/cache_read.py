@@ -169,10 +169,9 @@ def _id_difference(cached: list[str], ids: list[str]) -> str:
     if not added and not removed:
         row = next(i for i, (a, b) in enumerate(zip(cached, ids, strict=False)) if a != b)
         return f"same image ids in another order (first difference at row {row}: {cached[row]!r} vs {ids[row]!r})"
-    return (
-        f"its image ids differ: {len(added)} new (e.g. {added[:3]}), {len(removed)} not asked (e.g. {removed[:3]}); "
-        f"cache has {len(cached)}, request has {len(ids)}"
-    )
+    parts = [f"{len(added)} new (e.g. {added[:3]})"] if added else []
+    parts += [f"{len(removed)} no longer asked (e.g. {removed[:3]})"] if removed else []
+    return f"its image ids differ: {', '.join(parts)}; cache has {len(cached)}, request has {len(ids)}"
 
 
 def count_status(out_dir: Path, n: int) -> dict[str, int]:
@@ -252,8 +251,11 @@ class ImageCache:
         missing = [i for i in ids if i not in self._rows]
         if missing:
             raise DataError(
-                "image id(s) not in the cache", file=self.out_dir / INDEX_FILE, column="image_id",
-                rows=missing[:5], n_bad=len(missing),
+                "image id(s) not in the cache",
+                file=self.out_dir / INDEX_FILE,
+                column="image_id",
+                rows=missing[:5],
+                n_bad=len(missing),
             )
         return np.fromiter((self._rows[i] for i in ids), dtype=np.int64, count=len(ids))
 
@@ -263,8 +265,11 @@ class ImageCache:
         bad = rows[self._status[rows] == BAD]
         if bad.size:
             raise DataError(
-                "image(s) marked bad in the cache (no pixels)", file=self.out_dir / BAD_FILE, column="image_id",
-                rows=[self.image_ids[r] for r in bad[:5]], n_bad=int(bad.size),
+                "image(s) marked bad in the cache (no pixels)",
+                file=self.out_dir / BAD_FILE,
+                column="image_id",
+                rows=[self.image_ids[r] for r in bad[:5]],
+                n_bad=int(bad.size),
                 hint="exclude them from the cohort (mark_excluded) before reading",
             )
         return np.asarray(self.array[rows])

@@ -8,21 +8,15 @@ pattern with a planted, weaker signal for Female and Black patients. Every param
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from statistics import NormalDist
-from types import MappingProxyType
 
 import numpy as np
 import polars as pl
 
 from engine.data import synth_images as img
-from engine.data.errors import DataError, OutputExistsError
 from engine.data.io import atomic_path, write_csv, write_json
 from engine.data.schema import (
     CHEXPERT_TRAIN_COLUMNS,
@@ -33,6 +27,25 @@ from engine.data.schema import (
     POSITIONS_KEPT,
     map_race,
 )
+from engine.data.staging import staging_dir
+from engine.data.synth_model import (  # noqa: F401  (re-exported: the model constants are part of this API)
+    AGE_SEVERITY_SLOPE,
+    DROPPED_RACE_SHARE,
+    DROPPED_RACES,
+    ETHNICITY_MIX,
+    EXTRA_DEMO_SHARE,
+    FINDING_MODELS,
+    LATERAL_ONLY_SHARE,
+    LATERAL_SHARE,
+    MALE_SHARE,
+    PATIENT_SEVERITY_SHARE,
+    POSITION_MIX,
+    RACE_MIX,
+    RACE_VARIANTS,
+    SPLIT_FRACTIONS,
+    STUDIES_EXTRA_MEAN,
+    VALID_PATIENT_SHARE,
+)
 
 CHEXPERT_DIR = "CheXpert-v1.0-small"
 DEMOGRAPHICS_FILE = "CHEXPERT DEMO.xlsx"
@@ -41,62 +54,6 @@ MANIFEST_FILE = "synthetic.json"
 FINDINGS: tuple[str, ...] = PATHOLOGIES[1:]  # No Finding is derived from the other 13
 
 
-@dataclass(frozen=True)
-class FindingModel:
-    """One finding's latent model: rates are shares of all studies; loadings weight the shared factors."""
-
-    prevalence: float  # reported 1.0
-    uncertain: float  # reported -1.0 (latent value just below the positive threshold)
-    negative: float  # share of the remaining studies reported 0.0 rather than blank ("not mentioned")
-    severity: float
-    cardiac: float
-    black_shift: float  # threshold lowered by this many SDs for Black patients (higher prevalence)
-
-
-FINDING_MODELS: Mapping[str, FindingModel] = MappingProxyType(
-    {
-        "Enlarged Cardiomediastinum": FindingModel(0.05, 0.05, 0.08, 0.2, 0.5, 0.2),
-        "Cardiomegaly": FindingModel(0.12, 0.035, 0.05, 0.1, 0.6, 0.3),
-        "Lung Opacity": FindingModel(0.45, 0.025, 0.03, 0.35, 0.0, 0.0),
-        "Lung Lesion": FindingModel(0.04, 0.01, 0.02, 0.05, 0.0, 0.15),
-        "Edema": FindingModel(0.25, 0.06, 0.12, 0.3, 0.5, 0.2),
-        "Consolidation": FindingModel(0.07, 0.12, 0.15, 0.3, 0.0, 0.0),
-        "Pneumonia": FindingModel(0.03, 0.08, 0.02, 0.25, 0.0, 0.1),
-        "Atelectasis": FindingModel(0.15, 0.15, 0.01, 0.3, 0.0, 0.0),
-        "Pneumothorax": FindingModel(0.09, 0.015, 0.35, 0.1, 0.0, 0.0),
-        "Pleural Effusion": FindingModel(0.38, 0.05, 0.2, 0.3, 0.4, 0.0),
-        "Pleural Other": FindingModel(0.015, 0.01, 0.01, 0.05, 0.0, 0.15),
-        "Fracture": FindingModel(0.04, 0.005, 0.02, 0.05, 0.0, 0.0),
-        "Support Devices": FindingModel(0.50, 0.005, 0.03, 0.35, 0.0, 0.0),
-    }
-)
-AGE_SEVERITY_SLOPE = 0.012  # SDs of severity per year of age above 60
-PATIENT_SEVERITY_SHARE = 0.3  # share of severity variance that is the patient's (chronic findings persist)
-
-MALE_SHARE = 0.59  # paper: CheXpert sex split 59/41
-RACE_MIX: Mapping[str, float] = MappingProxyType({"White": 0.78, "Asian": 0.15, "Black": 0.07})  # paper 78/15/7
-RACE_VARIANTS: Mapping[str, Mapping[str, float]] = MappingProxyType(
-    {  # raw PRIMARY_RACE spellings (peers.md 5a step 3)
-        "White": {"White": 0.5, "White, non-Hispanic": 0.2, "White or Caucasian": 0.3},
-        "Asian": {"Asian": 0.6, "Asian, non-Hispanic": 0.25, "Asian - Historical Conv": 0.15},
-        "Black": {"Black or African American": 0.75, "Black, non-Hispanic": 0.25},
-    }
-)
-DROPPED_RACE_SHARE = 0.04
-DROPPED_RACES: tuple[str, ...] = (
-    "Other", "Unknown", "Race and Ethnicity Unknown", "Native Hawaiian or Other Pacific Islander",
-    "American Indian or Alaska Native", "Patient Refused",
-)
-ETHNICITY_MIX: Mapping[str, float] = MappingProxyType(
-    {"Non-Hispanic/Non-Latino": 0.66, "Not Hispanic": 0.28, "Hispanic/Latino": 0.035, "Unknown": 0.018,
-     "Patient Refused": 0.007}
-)
-VALID_PATIENT_SHARE = 0.02  # valid.csv patients, on top of n_patients (real: 200 patients, 234 images)
-EXTRA_DEMO_SHARE = 0.01  # demographics rows of patients absent from both CSVs (the real sheet has such rows)
-STUDIES_EXTRA_MEAN = 0.6  # studies per patient = 1 + Poisson(this)
-LATERAL_SHARE, LATERAL_ONLY_SHARE = 0.3, 0.03
-POSITION_MIX: Mapping[str, float] = MappingProxyType({"AP": 0.797, "PA": 0.2, "LL": 0.0015, "RL": 0.0015})
-SPLIT_FRACTIONS: Mapping[str, float] = MappingProxyType({"train": 0.6, "validate": 0.1, "test": 0.3})
 LABEL_TEXT = {1.0: "1.0", 0.0: "0.0", -1.0: "-1.0"}
 
 
@@ -111,7 +68,7 @@ def write_synthetic_chexpert(
     if min(width, height) < 16:
         raise ValueError(f"image_size (W, H) must be at least 16 pixels each, got {image_size}")
     out_dir = Path(out_dir)
-    with staging_dir(out_dir, force=force) as tmp:
+    with staging_dir(out_dir, force=force, marker=MANIFEST_FILE) as tmp:
         rng = np.random.default_rng([seed, 0])  # tables; images use their own stream
         patients = _draw_patients(rng, n_patients)
         studies = _draw_studies(rng, patients)
@@ -133,35 +90,6 @@ def write_synthetic_chexpert(
         "train_csv": root / "train.csv", "valid_csv": root / "valid.csv", "demographics": out_dir / DEMOGRAPHICS_FILE,
         "split": out_dir / SPLIT_FILE, "image_root": root, "manifest": out_dir / MANIFEST_FILE,
     }
-
-
-@contextlib.contextmanager
-def staging_dir(out_dir: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a temporary sibling folder that replaces ``out_dir`` only if the block succeeds.
-
-    A non-empty ``out_dir`` is replaced only with ``force``, and only if it is itself synthetic (has the
-    synthetic.json marker), so --force can never delete a real dataset.
-    """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError("output path exists and is not a folder", file=out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise OutputExistsError(out_dir)
-        if not (out_dir / MANIFEST_FILE).is_file():
-            raise DataError("refusing to replace a folder that is not synthetic output (no marker file)",
-                            file=out_dir, hint=f"{MANIFEST_FILE} is missing; choose an empty or new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset folder should be readable like any other
-    try:
-        yield tmp
-        old = out_dir.with_name(f"{tmp.name}.old")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _choice(rng: np.random.Generator, mix: Mapping[str, float], size: int) -> np.ndarray:

@@ -15,7 +15,8 @@ import polars as pl
 
 from engine.data import synth_images as img
 from engine.data.io import atomic_path, write_json
-from engine.data.synth import MANIFEST_FILE, staging_dir
+from engine.data.staging import staging_dir
+from engine.data.synth import MANIFEST_FILE
 
 NIH_HEADER = (  # exactly as the real file: the bracketed names hold unquoted commas (formats.md section 8)
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -42,7 +43,7 @@ def write_synthetic_nih(
     if not 10 <= n_images <= 1_000_000 or image_size < 16:
         raise ValueError(f"need 10 <= n_images <= 1000000 and image_size >= 16, got {n_images}, {image_size}")
     out_dir = Path(out_dir)
-    with staging_dir(out_dir, force=force) as tmp:
+    with staging_dir(out_dir, force=force, marker=MANIFEST_FILE) as tmp:
         rng = np.random.default_rng([seed, 10])
         table, present = _nih_table(rng, n_images)
         with atomic_path(tmp / "Data_Entry_2017_v2020.csv") as path:
