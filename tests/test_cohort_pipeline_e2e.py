@@ -58,6 +58,9 @@ def test_subsets_cover_every_pathology_and_balanced_sets(pipeline):
     balanced = subsets.filter(pl.col("set") == "balanced-train").join(cohort, on="image_id")
     assert balanced["race"].value_counts()["count"].n_unique() == 1  # every race the same size
     assert set(balanced["split"]) == {"train"}
+    report = json.loads((pipeline["cohort"].parent / "cohort_report.json").read_text())
+    composition = {entry["set"]: entry["by_race"] for entry in report["subsets"]["balanced_sets"]}
+    assert composition["balanced-train"] == dict(balanced["race"].value_counts().iter_rows())
 
 
 def test_cache_holds_every_cohort_image_with_the_fixed_geometry(pipeline):

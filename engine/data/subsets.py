@@ -10,6 +10,7 @@ never copied rows; shared/design/ARCHITECTURE.md "evaluation sets") and a JSON s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from pathlib import Path
 
@@ -297,4 +298,17 @@ def build_subsets(cohort_path: Path, out_path: Path | None = None, *, seed: int 
     summary["outputs"] = {"subsets": str(out_path), "report": str(report_path)}
     write_parquet(sets, out_path)
     write_json(summary, report_path)
+    _add_to_cohort_report(cohort_path, summary)
     return summary
+
+
+def _add_to_cohort_report(cohort_path: Path, summary: dict) -> None:
+    """Record the subsets (parameters, balanced-set composition) in ``cohort_report.json`` beside the cohort."""
+    report_path = cohort_path.with_name("cohort_report.json")
+    if not report_path.is_file():
+        return
+    report = json.loads(report_path.read_text())
+    balanced = [entry for entry in summary["sets"] if str(entry["set"]).startswith("balanced")]
+    report["subsets"] = {"parameters": summary["parameters"], "does_not_balance": summary["does_not_balance"],
+                         "balanced_sets": balanced, "outputs": summary["outputs"]}
+    write_json(report, report_path)
