@@ -5,6 +5,7 @@
   prepare   build a cohort (CheXpert) or a pre-training pool table (NIH, MIMIC-CXR, unions)
   subsets   per-pathology resampled test sets, Glocker's resampled test set, balanced training sets
   cache     decode and resize images once into a uint8 cache
+  import    import another tool's predictions into a results store
 
 Engine stages import torch lazily; this file and engine.data import without it.
 """
@@ -69,6 +70,36 @@ def cmd_prepare_pool(args: argparse.Namespace) -> None:
                  fraction_unit=args.fraction_unit, seed=args.seed, include_laterals=args.include_laterals,
                  keep_splits=args.keep_split, cohort=args.cohort, exclude_eval=args.exclude_eval_patients,
                  force=args.force)
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    import json
+
+    from engine.metrics.importer import import_predictions
+
+    tags = dict(_key_value(t) for t in args.tag)
+    run_info = json.loads(Path(args.run_info).read_text()) if args.run_info else None
+    report = import_predictions(
+        store=args.store, run_id=args.run_id, predictions=args.predictions, cohort=args.cohort,
+        wide=bool(args.score_pattern or args.label_pattern), score_pattern=args.score_pattern,
+        label_pattern=args.label_pattern, id_column=args.id_column, split_column=args.split_column or None,
+        default_split=args.default_split, score_kind=args.score_kind, label_policy=args.label_policy,
+        attribute_columns=_csv_list(args.attribute_columns), patient_column=args.patient_column,
+        duplicates=args.duplicates, score_tolerance=args.score_tolerance, pathologies=_csv_list(args.pathologies),
+        tags=tags, run_info=run_info, force=args.force,
+    )
+    print(json.dumps(report, indent=2, default=str))
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def cmd_subsets(args: argparse.Namespace) -> None:
@@ -172,11 +203,38 @@ def add_cache(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_cache)
 
 
+def add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="import another tool's predictions into a results store")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--predictions", type=Path, required=True, help="CSV or parquet, long or wide format")
+    p.add_argument("--cohort", type=Path, help="cohort file (default: the store's cohort.parquet)")
+    p.add_argument("--score-pattern", help="wide format: score columns, e.g. 'Logit - {pathology}'")
+    p.add_argument("--label-pattern", help="wide format: label columns, e.g. '{pathology}'")
+    p.add_argument("--id-column", default="image_id")
+    p.add_argument("--split-column", default="split", help="'' to use --default-split for every row")
+    p.add_argument("--default-split", default="test")
+    p.add_argument("--score-kind", choices=["probability", "logit", "score"], default="score")
+    p.add_argument("--label-policy", choices=["u-zeros", "u-ones", "medical-mae", "ignore"],
+                   help="convert raw CheXpert labels (1 / 0 / -1 / blank); without it labels must be 0/1/blank")
+    p.add_argument("--attribute-columns", help="take the cohort from the predictions file: e.g. sex,race")
+    p.add_argument("--patient-column", help="patient id column when the cohort comes from the predictions file")
+    p.add_argument("--duplicates", choices=["error", "weight"], default="error",
+                   help="repeated (split, image, pathology) rows: error, or collapse into one row with a weight")
+    p.add_argument("--score-tolerance", type=float, default=1e-5,
+                   help="--duplicates weight: repeats whose scores differ by less (relative) are merged")
+    p.add_argument("--pathologies", help="comma-separated subset of pathologies to import")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--run-info", type=Path, help="JSON file with run.json fields (model, architecture, ...)")
+    p.add_argument("--force", action="store_true", help="replace an existing run")
+    p.set_defaults(func=cmd_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_experiments.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_synth, add_prepare, add_subsets, add_cache):
+    for add in (add_synth, add_prepare, add_subsets, add_cache, add_import):
         add(sub)
     return parser
 
