@@ -6,6 +6,7 @@
   subsets   per-pathology resampled test sets, Glocker's resampled test set, balanced training sets
   cache     decode and resize images once into a uint8 cache
   import    import another tool's predictions into a results store
+  report    subgroup AUCs, fairness gaps and scores, thresholds, the paper's tables (CSV / LaTeX / Markdown)
 
 Engine stages import torch lazily; this file and engine.data import without it.
 """
@@ -100,6 +101,23 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from engine.metrics.report import write_report
+
+    manifest = write_report(
+        args.store, args.out, runs=_csv_list(args.runs), attributes=_csv_list(args.attributes) or ["sex", "race"],
+        eval_set=args.eval_set, threshold=args.threshold, operating_fpr=args.operating_fpr, n_boot=args.bootstrap,
+        seed=args.seed, formats=_csv_list(args.format) or ["csv", "latex"], paper=not args.no_paper,
+        force=args.force,
+    )
+    for name, files in manifest["files"].items():
+        print(f"{name:<18} {', '.join(files)}")
+    for name, note in manifest["notes"].items():
+        print(f"note: {name}: {note}")
+    print(f"report of {len(manifest['runs'])} runs on eval set {manifest['eval_set']!r} in {manifest['seconds']} s "
+          f"-> {args.out}")
 
 
 def cmd_subsets(args: argparse.Namespace) -> None:
@@ -230,11 +248,30 @@ def add_import(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_import)
 
 
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="subgroup AUCs, fairness summary, thresholds and the paper's tables")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--runs", help="comma-separated run ids (default: every run; FS compares these)")
+    p.add_argument("--attributes", default="sex,race", help="e.g. sex,race,age_bin,'sex x race'")
+    p.add_argument("--eval-set", help="test, validate, resampled, glocker-original... (default: resampled if "
+                                      "present, else test)")
+    threshold = p.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=float, help="y_score >= T is positive")
+    threshold.add_argument("--operating-fpr", type=float, help="threshold at this FPR on validation (default 0.2)")
+    p.add_argument("--bootstrap", type=int, default=0, help="patient bootstrap replicates for 95%% CIs")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--format", default="csv,latex", help="any of csv,latex,md")
+    p.add_argument("--no-paper", action="store_true", help="skip the paper's tables and figure numbers")
+    p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    p.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_experiments.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_synth, add_prepare, add_subsets, add_cache, add_import):
+    for add in (add_synth, add_prepare, add_subsets, add_cache, add_import, add_report):
         add(sub)
     return parser
 
@@ -243,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, OutputExistsError) as exc:
+    except (DataError, OutputExistsError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -100,12 +100,43 @@ def scored(view: StoreView, *, run_ids: Sequence[str], eval_set: str, attributes
                                pathologies=pathologies)
 
 
-def subgroup_auc(view: StoreView, *, run_ids: Sequence[str], eval_set: str, attributes: Sequence[str],
-                 pathologies: Sequence[str] | None = None, n_boot: int = 0, seed: int = 0,
-                 level: float = DEFAULT_LEVEL, min_count: int = 10) -> pl.DataFrame:
-    """Subgroup AUCs (fast path) with percentile CIs from a patient bootstrap when ``n_boot`` > 0."""
+@dataclass(frozen=True)
+class Computed:
+    """Scored rows and their subgroup AUCs for a set of runs, computed once and reused by several tables."""
+
+    eval_set: str
+    attributes: tuple[str, ...]
+    rows: pl.DataFrame
+    auc: pl.DataFrame
+
+    def covers(self, run_ids: Sequence[str], eval_set: str, attributes: Sequence[str]) -> bool:
+        present = set(self.auc["run_id"].unique().to_list())
+        return eval_set == self.eval_set and set(attributes) <= set(self.attributes) and set(run_ids) <= present
+
+
+def compute(view: StoreView, *, run_ids: Sequence[str], eval_set: str, attributes: Sequence[str],
+            pathologies: Sequence[str] | None = None, min_count: int = 10) -> Computed:
+    """Scored rows (one DuckDB query) and every subgroup AUC (numpy fast path) of ``run_ids``."""
     rows = scored(view, run_ids=run_ids, eval_set=eval_set, attributes=attributes, pathologies=pathologies)
     auc = fast_auc.subgroup_auc(rows, attributes=list(attributes), eval_set=eval_set, min_count=min_count)
+    return Computed(eval_set, tuple(attributes), rows, auc)
+
+
+def _reuse(computed: Computed | None, view: StoreView, run_ids: Sequence[str], eval_set: str,
+           attributes: Sequence[str], pathologies: Sequence[str] | None) -> Computed:
+    if computed is not None and pathologies is None and computed.covers(run_ids, eval_set, attributes):
+        keep = pl.col("run_id").is_in(list(run_ids))
+        auc = computed.auc.filter(keep & pl.col("attribute").is_in(["all", *attributes]))
+        return Computed(eval_set, tuple(attributes), computed.rows.filter(keep), auc)
+    return compute(view, run_ids=run_ids, eval_set=eval_set, attributes=attributes, pathologies=pathologies)
+
+
+def subgroup_auc(view: StoreView, *, run_ids: Sequence[str], eval_set: str, attributes: Sequence[str],
+                 pathologies: Sequence[str] | None = None, n_boot: int = 0, seed: int = 0,
+                 level: float = DEFAULT_LEVEL, computed: Computed | None = None) -> pl.DataFrame:
+    """Subgroup AUCs (fast path) with percentile CIs from a patient bootstrap when ``n_boot`` > 0."""
+    done = _reuse(computed, view, run_ids, eval_set, attributes, pathologies)
+    rows, auc = done.rows, done.auc
     if not n_boot:
         return auc.with_columns(ci_low=pl.lit(None, pl.Float64), ci_high=pl.lit(None, pl.Float64))
     rep = bootstrap.bootstrap_auc(rows, attributes=list(attributes), n_boot=n_boot, seed=seed, eval_set=eval_set)
@@ -116,13 +147,14 @@ def subgroup_auc(view: StoreView, *, run_ids: Sequence[str], eval_set: str, attr
 
 def fairness_summary(view: StoreView, *, run_ids: Sequence[str], eval_set: str, attributes: Sequence[str],
                      pathologies: Sequence[str] | None = None, compared_runs: Sequence[str] | None = None,
-                     n_boot: int = 0, seed: int = 0, level: float = DEFAULT_LEVEL) -> pl.DataFrame:
+                     n_boot: int = 0, seed: int = 0, level: float = DEFAULT_LEVEL,
+                     computed: Computed | None = None) -> pl.DataFrame:
     """Per run and attribute: mean AUC, fairness gap, worst subgroup, FS with C over ``compared_runs`` (default the
     runs reported), difference to overall, per-pathology gaps; with ``n_boot``, CIs of mean AUC, gap and FS (C held
     at its point estimate)."""
     everything = list(dict.fromkeys([*run_ids, *(compared_runs or [])]))
-    rows = scored(view, run_ids=everything, eval_set=eval_set, attributes=attributes, pathologies=pathologies)
-    auc = fast_auc.subgroup_auc(rows, attributes=list(attributes), eval_set=eval_set)
+    done = _reuse(computed, view, everything, eval_set, attributes, pathologies)
+    rows, auc = done.rows, done.auc
     summary = queries.fairness_summary(view.con, run_ids=list(run_ids), eval_set=eval_set, attributes=attributes,
                                        pathologies=pathologies, compared_runs=compared_runs, auc=auc)
     if not n_boot:
@@ -153,10 +185,9 @@ def _with_summary_intervals(summary: pl.DataFrame, rep, pathologies: list[str], 
 
 def relative_change(view: StoreView, *, run_ids: Sequence[str], eval_set: str, attributes: Sequence[str],
                     pathologies: Sequence[str] | None = None, reference: str = "population",
-                    unit: str = "pts") -> pl.DataFrame:
+                    unit: str = "pts", computed: Computed | None = None) -> pl.DataFrame:
     """Figures 3, 5, 6: each subgroup against the population (default) or the mean over subgroups."""
-    rows = scored(view, run_ids=run_ids, eval_set=eval_set, attributes=attributes, pathologies=pathologies)
-    auc = fast_auc.subgroup_auc(rows, attributes=list(attributes), eval_set=eval_set)
+    auc = _reuse(computed, view, run_ids, eval_set, attributes, pathologies).auc
     return queries.relative_change(view.con, run_ids=list(run_ids), eval_set=eval_set, attributes=attributes,
                                    pathologies=pathologies, reference=reference, unit=unit, auc=auc)
 

@@ -246,10 +246,13 @@ def scored_rows(con: duckdb.DuckDBPyConnection, *, run_ids: str | Sequence[str],
     """The rows every AUC is computed from: run_id, pathology, image_id, patient_id, y_true, y_score, weight and
     one column per requested attribute (an intersection "sex x race" holds "Female x Black"; null = no value)."""
     params = _scope(con, run_ids, eval_set, attributes, pathologies, with_all=False)
-    rows = _known_runs_only(con, params["run_ids"], _run(con, "scored_rows", params))
+    row_params = {k: params[k] for k in ("run_ids", "eval_set", "pathologies")}
+    rows = _known_runs_only(con, params["run_ids"], _run(con, "scored_rows", row_params))
+    images = _run(con, "image_attributes", {k: params[k] for k in ("attributes", "separator")})
     columns = [pl.col("subgroups").list.get(k, null_on_oob=True).alias(name)
                for k, name in enumerate(params["attributes"])]
-    return rows.with_columns(columns).drop("subgroups")
+    images = images.with_columns(columns).drop("subgroups")
+    return rows.join(images, on="image_id", how="left", maintain_order="left")
 
 
 def _mean_auc_of(con: duckdb.DuckDBPyConnection, auc: pl.DataFrame, pathologies: list[str]) -> pl.DataFrame:
