@@ -31,10 +31,18 @@ def _fractions(text: str) -> tuple[float, float, float]:
 def cmd_synth(args: argparse.Namespace) -> None:
     from engine.data import synth, synth_nih
 
+    if args.predictions:
+        from engine.metrics.synth_predictions import write_synthetic_store
+
+        summary = write_synthetic_store(args.out, n_images=args.images or 38_240, seed=args.seed, force=args.force)
+        print(f"synthetic results store -> {args.out}: {len(summary['runs'])} runs (marked synthetic in store.json)")
+        return
+    if args.dataset is None:
+        raise SystemExit("synth: name a dataset (chexpert, nih) or pass --predictions")
     if args.dataset == "chexpert":
         paths = synth.write_synthetic_chexpert(args.out, n_patients=args.patients, seed=args.seed, force=args.force)
     else:
-        paths = synth_nih.write_synthetic_nih(args.out, n_images=args.images, seed=args.seed, force=args.force)
+        paths = synth_nih.write_synthetic_nih(args.out, n_images=args.images or 500, seed=args.seed, force=args.force)
     for name, path in paths.items():
         print(f"{name:<14} {path}")
 
@@ -135,11 +143,13 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
 
 def add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="write synthetic data in the real file formats")
-    p.add_argument("dataset", choices=["chexpert", "nih"])
+    p = sub.add_parser("synth", help="write synthetic data in the real file formats, or a synthetic results store")
+    p.add_argument("dataset", nargs="?", choices=["chexpert", "nih"])
+    p.add_argument("--predictions", action="store_true",
+                   help="write a synthetic results store: the paper's model matrix with planted effects")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--patients", type=int, default=1500, help="CheXpert: number of patients")
-    p.add_argument("--images", type=int, default=500, help="NIH: number of images")
+    p.add_argument("--images", type=int, help="NIH: number of images (500); --predictions: cohort images (38,240)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing output directory")
     p.set_defaults(func=cmd_synth)

@@ -96,3 +96,14 @@ def test_import_then_report_on_the_real_densenet_logits(realdata, tmp_path, caps
     assert everyone == pytest.approx(0.8873, abs=5e-5)  # expected.json self_computed, 4 decimals
     manifest = json.loads((tmp_path / "r" / "report.json").read_text())
     assert manifest["notes"]["threshold_metrics"].startswith("not written")  # no validation split to choose on
+
+
+def test_cli_synth_predictions_writes_a_store_report_reads(tmp_path):
+    store = tmp_path / "store"
+    assert run_experiments.main(["synth", "--predictions", "--out", str(store), "--images", "600"]) == 0
+    assert json.loads((store / "store.json").read_text())["synthetic"] is True
+    assert run_experiments.main(["report", "--store", str(store), "--out", str(tmp_path / "r"), "--no-paper",
+                                 "--runs", "mae-standard,medical-mae-standard"]) == 0
+    summary = pl.read_csv(tmp_path / "r" / "fairness_summary.csv")
+    assert set(summary["run_id"]) == {"mae-standard", "medical-mae-standard"}
+    assert summary["fairness_score_pts"].min() == pytest.approx(1.0)  # C = max gap + 1 over the two runs
