@@ -8,6 +8,7 @@ invalidate themselves; arguments are hashable (tuples). The DuckDB connection is
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import polars as pl
@@ -40,11 +41,25 @@ def store_view(store: str, fingerprint: str) -> analysis.StoreView:
     return analysis.open_store(store)
 
 
+# Ensembles registered on each shared connection: name -> (rule, members). A name is registered once per store
+# version; asking for the same name with other members or another rule is an error, never a silent reuse.
+_REGISTERED: dict[int, dict[str, tuple[str, tuple[str, ...]]]] = {}
+_REGISTER_LOCK = threading.Lock()
+
+
 def _ensembles(view: analysis.StoreView, ensembles: tuple[tuple[str, str, tuple[str, ...]], ...]) -> None:
-    known = set(queries.runs(view.con)["run_id"].to_list()) if ensembles else set()
-    pending = {name: (list(members), rule) for name, rule, members in ensembles if name not in known}
-    if pending:
-        analysis.register_ensembles(view, pending)
+    with _REGISTER_LOCK:
+        done = _REGISTERED.setdefault(id(view.con), {})
+        pending = {}
+        for name, rule, members in ensembles:
+            if name in done and done[name] != (rule, tuple(members)):
+                raise ValueError(f"an ensemble named {name!r} with other members or rule exists in this store "
+                                 f"session ({done[name][0]}: {', '.join(done[name][1])}); choose another name")
+            if name not in done:
+                pending[name] = (list(members), rule)
+        if pending:
+            analysis.register_ensembles(view, pending)
+            done.update({name: (rule, tuple(members)) for name, (members, rule) in pending.items()})
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
