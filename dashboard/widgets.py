@@ -70,9 +70,13 @@ def export_table(frame: pl.DataFrame | pd.DataFrame) -> pd.DataFrame:
 
 def show_table(frame: pl.DataFrame, *, precision: int = 2) -> None:
     """A dataframe on screen with undefined values written as "undefined"."""
-    table = frame.to_pandas()
-    styled = table.style.format(precision=precision, na_rep=UNDEFINED)
-    st.dataframe(styled, hide_index=True, width="stretch")
+    # st.dataframe ignores a Styler's na_rep, so numbers are formatted to text here and nulls written out.
+    shown = frame.with_columns(
+        (pl.col(c).round(precision).cast(pl.String) if frame.schema[c].is_float() else pl.col(c).cast(pl.String))
+        .fill_null(UNDEFINED)
+        for c in frame.columns
+    )
+    st.dataframe(shown.to_pandas(), hide_index=True, width="stretch")
 
 
 def chart(fig: go.Figure) -> None:
