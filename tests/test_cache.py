@@ -20,7 +20,7 @@ from PIL import Image, ImageFile, JpegImagePlugin
 from engine.data.cache import load_square, open_reduced
 from engine.data.cache_build import BadImagesError, build_cache, normalise_ids
 from engine.data.cache_exclusions import ids_to_cache, mark_excluded
-from engine.data.cache_read import LOCK_FILE, OK, TODO, ImageCache, read_bad_images, read_manifest
+from engine.data.cache_read import LOCK_FILE, OK, PENDING, ImageCache, read_bad_images, read_manifest
 from engine.data.errors import DataError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +213,7 @@ def test_resume_after_partial_build_redoes_only_unfinished_rows(images: Path, tm
     build_cache(ids, image_root=images, out_dir=out, size=SIZE, workers=1, progress=False)
     status = np.memmap(out / "status.u8", dtype=np.uint8, mode="r+")
     pixels = np.memmap(out / "images.u8", dtype=np.uint8, mode="r+", shape=(len(ids), SIZE, SIZE))
-    status[[1, 4]] = TODO  # as if killed after writing garbage pixels but before marking the rows
+    status[[1, 4]] = PENDING  # as if killed after writing garbage pixels but before marking the rows
     pixels[[1, 4]] = 255
     status.flush(), pixels.flush()
     del status, pixels

@@ -38,7 +38,7 @@ MANIFEST_FILE = "manifest.json"
 BAD_FILE = "bad_images.csv"
 LOCK_FILE = ".lock"
 
-TODO, OK, BAD = 0, 1, 2
+PENDING, OK, BAD = 0, 1, 2
 RESUME_HINT = "run cache again to resume (only unfinished rows are processed)"
 
 
@@ -177,7 +177,7 @@ def _id_difference(cached: list[str], ids: list[str]) -> str:
 def count_status(out_dir: Path, n: int) -> dict[str, int]:
     """Rows per status, read from ``status.u8`` (the authority; manifest counts are a copy)."""
     counts = np.bincount(open_array(out_dir, STATUS_FILE, (n,), "r"), minlength=3)
-    return {"ok": int(counts[OK]), "bad": int(counts[BAD]), "todo": int(counts[TODO])}
+    return {"ok": int(counts[OK]), "bad": int(counts[BAD]), "todo": int(counts[PENDING])}
 
 
 def write_manifest(out_dir: Path, manifest: dict, counts: dict[str, int], decoder: str) -> dict:
@@ -213,7 +213,7 @@ class ImageCache:
         if manifest.get("n_images") != n:
             raise DataError(f"manifest says {manifest.get('n_images')} images, index has {n}", file=out_dir)
         status = np.array(open_array(out_dir, STATUS_FILE, (n,), "r"))
-        todo = np.flatnonzero(status == TODO)
+        todo = np.flatnonzero(status == PENDING)
         if todo.size:
             raise DataError(
                 f"image cache unfinished: {todo.size} of {n} rows not done",
