@@ -13,13 +13,22 @@ from pathlib import Path
 
 import polars as pl
 
-from engine.data.chexpert import normalise_image_id
 from engine.data.errors import DataError, OutputExistsError
-from engine.data.io import read_table, require_columns
+from engine.data.io import read_table
 from engine.data.labels import LABEL_POLICIES, target_expr
-from engine.data.schema import PATHOLOGIES
 from engine.metrics import store as st
-from engine.metrics.store_schema import COHORT_FILE, COHORT_REQUIRED, NON_ATTRIBUTE_COLUMNS, SCORE_KINDS
+from engine.metrics.importer_checks import (
+    fail_rows,
+    file_location,
+    key_columns,
+    parse_labels,
+    parse_numbers,
+    parse_scores,
+    require_input_columns,
+    row_examples,
+)
+from engine.metrics.importer_cohort import resolve_cohort
+from engine.metrics.store_schema import SCORE_KINDS
 
 DUPLICATE_MODES = ("error", "weight")
 PLACEHOLDER = "{pathology}"
@@ -27,7 +36,6 @@ PLACEHOLDER = "{pathology}"
 # the real cxr-foundation-bias sample differs by up to 1.7e-6); duplicates within this relative tolerance are "equal".
 DEFAULT_SCORE_TOLERANCE = 1e-5
 _KEY = ("split", "image_id", "pathology")
-_CHEXPERT_PATIENT = r"(?:^|/)(patient\d+)/study\d+/"  # <folder>/patientNNNNN/studyN/viewN.jpg
 
 
 def import_predictions(*, store: str | Path, run_id: str, predictions: str | Path, cohort: str | Path | None = None,
@@ -49,7 +57,7 @@ def import_predictions(*, store: str | Path, run_id: str, predictions: str | Pat
     raw = read_table(path, what="predictions file").with_row_index("_row")
     if raw.is_empty():
         raise DataError("the predictions file has no rows", file=path)
-    keys, split_note = _keys(raw, id_column, split_column, default_split, path)
+    keys, split_note = key_columns(raw, id_column, split_column, default_split, path)
     if wide:
         long, columns, removed = _wide(raw, keys, score_pattern, label_pattern, pathologies, label_policy, path)
     else:
@@ -88,78 +96,6 @@ def _check_options(wide: bool, score_pattern: str | None, label_pattern: str | N
         raise DataError(f"score_tolerance must be a finite number >= 0, got {score_tolerance!r}")
 
 
-def _examples(bad: pl.DataFrame, column: str, file: Path) -> list[str]:
-    """Offending rows as CSV line numbers (header = line 1) or 0-based parquet rows, with the image id when known."""
-    word, offset = _where(file)
-    ids = bad["image_id"] if "image_id" in bad.columns and column != "image_id" else None
-    return [f"{word} {row + offset}: " + (f"{ids[k]} " if ids is not None else "") + f"{column}={value!r}"
-            for k, (row, value) in enumerate(bad.select("_row", column).head(5).iter_rows())]
-
-
-def _where(file: Path) -> tuple[str, int]:
-    """How rows are numbered in messages: 0-based parquet rows, or CSV lines (header = line 1)."""
-    return ("row", 0) if file.name.lower().endswith(".parquet") else ("line", 2)
-
-
-def _require(raw: pl.DataFrame, columns: list[str], file: Path, what: str = "predictions file") -> None:
-    """require_columns on the input columns (without the row number added here)."""
-    require_columns(raw.drop("_row", strict=False), columns, file=file, what=what)
-
-
-def _fail_rows(raw: pl.DataFrame, mask: pl.Series | pl.Expr, problem: str, column: str, file: Path,
-               hint: str | None = None) -> None:
-    """Raise a DataError for the rows of ``raw`` where ``mask`` holds (nothing when none)."""
-    bad = raw.filter(mask)
-    if bad.height:
-        raise DataError(problem, file=file, column=column, rows=_examples(bad, column, file), n_bad=bad.height,
-                        hint=hint)
-
-
-def _keys(raw: pl.DataFrame, id_column: str, split_column: str | None, default_split: str,
-          file: Path) -> tuple[pl.DataFrame, str]:
-    """``_row``, ``image_id`` (CheXpert release prefix removed) and ``split`` of every input row."""
-    _require(raw, [id_column] + ([split_column] if split_column else []), file)
-    image_id = normalise_image_id(pl.col(id_column).cast(pl.String))
-    _fail_rows(raw, image_id.is_null() | (image_id == ""), "blank image id", id_column, file)
-    if split_column is None:
-        split, note = pl.lit(default_split), f"every row assigned split {default_split!r} (no split column)"
-    else:
-        split, note = pl.col(split_column).cast(pl.String).str.strip_chars(), f"column {split_column!r}"
-        _fail_rows(raw, split.is_null() | (split == ""), "blank split (pass split_column=None / --split-column '' "
-                   "to assign default_split to every row)", split_column, file)
-    return raw.select("_row", image_id.alias("image_id"), split.alias("split")), note
-
-
-def _numbers(raw: pl.DataFrame, column: str, file: Path) -> pl.Series:
-    """A column as Float64 (strings stripped, blank = null); a value that is not a number is a DataError."""
-    series = raw[column]
-    if series.dtype == pl.String:
-        text = series.str.strip_chars().replace("", None)
-        parsed = text.cast(pl.Float64, strict=False)
-        _fail_rows(raw, text.is_not_null() & parsed.is_null(), "not a number", column, file)
-        return parsed
-    if not (series.dtype.is_numeric() or series.dtype == pl.Boolean):
-        raise DataError(f"column has type {series.dtype}; expected numbers", file=file, column=column)
-    return series.cast(pl.Float64)
-
-
-def _labels(raw: pl.DataFrame, column: str, policy: str | None, file: Path) -> pl.Series:
-    """Raw labels: 1 / 0 / -1 / blank under a label policy, else already 0 / 1 / blank (blank = not scored)."""
-    values = _numbers(raw, column, file)
-    allowed = [1.0, 0.0, -1.0] if policy else [0.0, 1.0]
-    problem = f"label outside {{1, 0, -1, blank}} (label policy {policy})" if policy else "label outside {0, 1, blank}"
-    hint = None if policy else "raw CheXpert labels (1 / 0 / -1 / blank) need label_policy (--label-policy u-zeros)"
-    _fail_rows(raw, values.is_not_null() & ~values.is_in(allowed).fill_null(False), problem, column, file, hint)
-    return values
-
-
-def _scores(raw: pl.DataFrame, column: str, file: Path) -> pl.Series:
-    """Scores must be finite numbers: blank, NaN and infinity are errors."""
-    values = _numbers(raw, column, file)
-    _fail_rows(raw, ~values.is_finite().fill_null(False), "score is blank, NaN or infinite", column, file)
-    return values
-
-
 def pattern_columns(columns: list[str], pattern: str) -> dict[str, str]:
     """{pathology: column} for every column that ``pattern`` ('Logit - {pathology}') matches, in column order."""
     if pattern.count(PLACEHOLDER) != 1:
@@ -176,26 +112,27 @@ def _wide(raw: pl.DataFrame, keys: pl.DataFrame, score_pattern: str, label_patte
     pattern_columns(raw.columns, label_pattern)  # checks the placeholder
     if pathologies:
         found = {p: score_pattern.replace(PLACEHOLDER, p) for p in pathologies}
-        _require(raw, list(found.values()), file, "predictions file (score columns)")
+        require_input_columns(raw, list(found.values()), file, "predictions file (score columns)")
     elif not found:
         raise DataError(f"score pattern {score_pattern!r} matches no column", file=file, column=score_pattern,
                         hint=f"columns present: {', '.join(raw.columns[1:])}")
     columns = {p: {"score": s, "label": label_pattern.replace(PLACEHOLDER, p)} for p, s in found.items()}
-    _require(raw, [c["label"] for c in columns.values()], file, "predictions file (label columns)")
-    parts = [keys.with_columns(pathology=pl.lit(p), y_raw=_labels(raw, c["label"], policy, file),
-                               y_score=_scores(raw, c["score"], file)) for p, c in columns.items()]
+    require_input_columns(raw, [c["label"] for c in columns.values()], file, "predictions file (label columns)")
+    parts = [keys.with_columns(pathology=pl.lit(p), y_raw=parse_labels(raw, c["label"], policy, file),
+                               y_score=parse_scores(raw, c["score"], file)) for p, c in columns.items()]
     return pl.concat(parts), columns, []
 
 
 def _long(raw: pl.DataFrame, keys: pl.DataFrame, pathologies: list[str] | None, policy: str | None,
           file: Path) -> tuple[pl.DataFrame, dict, list]:
     """Long rows; with ``pathologies`` the other pathologies' rows are removed and counted."""
-    _require(raw, ["pathology", "y_true", "y_score"], file)
+    require_input_columns(raw, ["pathology", "y_true", "y_score"], file)
     pathology = pl.col("pathology").cast(pl.String).str.strip_chars()
-    _fail_rows(raw, pathology.is_null() | (pathology == ""), "blank pathology", "pathology", file)
-    extra = {"weight": _numbers(raw, "weight", file)} if "weight" in raw.columns else {}
-    long = keys.with_columns(pathology=raw.select(pathology).to_series(), y_raw=_labels(raw, "y_true", policy, file),
-                             y_score=_scores(raw, "y_score", file), **extra)
+    fail_rows(raw, pathology.is_null() | (pathology == ""), "blank pathology", "pathology", file)
+    extra = {"weight": parse_numbers(raw, "weight", file)} if "weight" in raw.columns else {}
+    long = keys.with_columns(pathology=raw.select(pathology).to_series(),
+                             y_raw=parse_labels(raw, "y_true", policy, file),
+                             y_score=parse_scores(raw, "y_score", file), **extra)
     removed = []
     if pathologies:
         absent = sorted(set(pathologies) - set(long["pathology"].unique().to_list()))
@@ -217,7 +154,7 @@ def _collapse(long: pl.DataFrame, mode: str, tolerance: float, columns: dict,
     if not dup.height:
         return long, report
     if mode == "error":
-        word, offset = _where(file)
+        word, offset = file_location(file)
         rows = dup.group_by("image_id", maintain_order=True).agg(pl.col("_row").unique().sort() + offset).head(5)
         raise DataError("duplicate (split, image id, pathology) rows", file=file, column="image_id",
                         rows=[f"{i} on {word}s {r}" for i, r in rows.iter_rows()], n_bad=dup["image_id"].n_unique(),
@@ -236,7 +173,7 @@ def _collapse(long: pl.DataFrame, mode: str, tolerance: float, columns: dict,
             raise DataError(f"duplicates of one image disagree on the {kind}"
                             + (f" beyond score_tolerance {tolerance}" if kind == "score" else ""),
                             file=file, column=columns[bad["pathology"][0]][kind], n_bad=bad.height,
-                            rows=_examples(bad, f"{kind}s", file))
+                            rows=row_examples(bad, f"{kind}s", file))
     # Equal scores stay bit-identical; scores within the tolerance become their mean (order-independent).
     score = pl.when(pl.col("_spread") == 0).then(pl.col("_first")).otherwise(pl.col("_mean")).alias("y_score")
     merged = groups.with_columns(score)
@@ -255,11 +192,11 @@ def _check_cohort(keys: pl.DataFrame, raw: pl.DataFrame, id_column: str, cohort:
     joined = given.join(cohort.select("image_id", pl.col("split").alias("_cohort")), on="image_id", how="left",
                         maintain_order="left")
     missing = joined.filter(pl.col("_cohort").is_null()).drop("image_id").rename({"_given": id_column})
-    _fail_rows(missing, pl.lit(True), f"image id not in the cohort ({source})", id_column, file,
+    fail_rows(missing, pl.lit(True), f"image id not in the cohort ({source})", id_column, file,
                hint=f"ids are compared without the CheXpert-v1.0[-small]/ prefix; cohort ids look like "
                     f"{cohort['image_id'].head(2).to_list()}")
     mismatch = joined.filter(pl.col("split") != pl.col("_cohort"))
-    _fail_rows(mismatch.with_columns(pl.format("{} (cohort: {})", "split", "_cohort").alias("split")), pl.lit(True),
+    fail_rows(mismatch.with_columns(pl.format("{} (cohort: {})", "split", "_cohort").alias("split")), pl.lit(True),
                "split differs from the image's split in the cohort", "split", file)
 
 
@@ -301,70 +238,3 @@ def _run_info(run_id: str, run_info: dict | None, score_kind: str, policy: str |
                     "imported_sha256": sha256}
     info["extra"] = {**(info.get("extra") or {}), "import": summary}
     return info
-
-
-def resolve_cohort(store: Path, cohort: str | Path | None, keys: pl.DataFrame, raw: pl.DataFrame,
-                   attributes: list[str] | None, patient_column: str | None, file: Path) -> tuple[pl.DataFrame, dict]:
-    """The cohort to validate against: a cohort file, or attributes of the predictions file (each merged into the
-    store cohort without changing its rows), or the store cohort itself."""
-    existing = st.read_cohort(store) if (store / COHORT_FILE).exists() else None
-    if cohort is not None:
-        new, report = _cohort_file(Path(cohort)), {"source": f"cohort file {cohort}"}
-    elif attributes:
-        new, report = _cohort_from_predictions(keys, raw, attributes, patient_column, file)
-    elif existing is not None:
-        return existing, {"source": f"store cohort {store / COHORT_FILE}", "rows_written": 0}
-    else:
-        raise DataError("no cohort: the store has none and neither cohort (--cohort FILE) nor attribute_columns "
-                        "(--attribute-columns sex,race) was given", file=store / COHORT_FILE)
-    if existing is None:
-        return new, {**report, "rows_in_store_before": 0, "rows_added": new.height, "rows_written": new.height}
-    merged, merge_report = st.merge_cohort(existing, new, file=store / COHORT_FILE)
-    return merged, {**report, **merge_report}
-
-
-def _cohort_file(path: Path) -> pl.DataFrame:
-    """A cohort file (parquet from prepare, or CSV); image ids normalised like the predictions'."""
-    frame = read_table(path, what="cohort file").with_row_index("_row")
-    _require(frame, list(COHORT_REQUIRED), path, "cohort file")
-    labels = [p for p in PATHOLOGIES if p in frame.columns]  # a CSV holds raw labels as text: numbers, not attributes
-    frame = frame.with_columns(normalise_image_id(pl.col("image_id").cast(pl.String)),
-                               *[_numbers(frame, p, path).alias(p) for p in labels]).drop("_row")
-    st.validate_cohort(frame, file=path)
-    return frame
-
-
-def _cohort_from_predictions(keys: pl.DataFrame, raw: pl.DataFrame, attributes: list[str],
-                             patient_column: str | None, file: Path) -> tuple[pl.DataFrame, dict]:
-    """One cohort row per image: image_id, patient_id, split and the attribute columns (as strings)."""
-    _require(raw, attributes + ([patient_column] if patient_column else []), file, "predictions file (cohort columns)")
-    reserved = [a for a in attributes if a in NON_ATTRIBUTE_COLUMNS]
-    if reserved:
-        raise DataError(f"{', '.join(reserved)} cannot be an attribute (reserved: ids, split, raw age ...); bin or "
-                        "rename it", file=file, column=reserved[0])
-    text = {a: pl.col(a).cast(pl.String).str.strip_chars() for a in dict.fromkeys(attributes)}
-    if patient_column:
-        text["_patient"] = pl.col(patient_column).cast(pl.String).str.strip_chars()
-        _fail_rows(raw, text["_patient"].is_null() | (text["_patient"] == ""), "blank patient id", patient_column, file)
-    table = keys.hstack(raw.select(expr.alias(name) for name, expr in text.items()))
-    note = f"column {patient_column!r}"
-    if not patient_column:  # CheXpert paths name the patient; any other id stands for itself
-        derived = pl.col("image_id").str.extract(_CHEXPERT_PATIENT, 1)
-        n_derived = table.select(derived.is_not_null().sum()).item()
-        table = table.with_columns(pl.coalesce(derived, "image_id").alias("_patient"))
-        note = f"derived from the CheXpert path for {n_derived} rows, the image id for {table.height - n_derived}"
-    attributes = [a for a in text if a != "_patient"]
-    cohort = table.select("image_id", pl.col("_patient").alias("patient_id"), "split", *attributes)
-    cohort = cohort.unique(maintain_order=True)
-    clashing = cohort.filter(pl.col("image_id").is_duplicated())
-    if clashing.height:
-        spread = clashing.group_by("image_id").agg(pl.all().n_unique())
-        column = next(c for c in cohort.columns[1:] if spread[c].max() > 1)
-        bad = table.join(clashing.select("image_id").unique(), on="image_id").sort("image_id", "_row")
-        raise DataError(f"rows of one image disagree on {column}", file=file, column=column,
-                        rows=_examples(bad.rename({"_patient": "patient_id"}), column, file),
-                        n_bad=clashing["image_id"].n_unique())
-    st.validate_cohort(cohort, file=file)
-    nulls = {a: cohort[a].null_count() for a in attributes}
-    return cohort, {"source": f"predictions file columns {', '.join(attributes)}", "patient_id": note,
-                    "attribute_nulls": nulls}
