@@ -62,6 +62,13 @@ def _ensembles(view: analysis.StoreView, ensembles: tuple[tuple[str, str, tuple[
             done.update({name: (rule, tuple(members)) for name, (members, rule) in pending.items()})
 
 
+def _view(store: str, fingerprint: str, ensembles: tuple = ()) -> analysis.StoreView:
+    """The shared store view with the requested ensembles registered on it."""
+    view = store_view(store, fingerprint)
+    _ensembles(view, ensembles)
+    return view
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def runs_table(store: str, fingerprint: str) -> pl.DataFrame:
     return list_runs(store)
@@ -87,8 +94,7 @@ def fairness(store: str, fingerprint: str, *, run_ids: tuple[str, ...], eval_set
              pathologies: tuple[str, ...] | None = None, ensembles: tuple = (), n_boot: int = 0,
              seed: int = 0) -> pl.DataFrame:
     """fairness_summary of ``run_ids`` (C over exactly these runs: the current view)."""
-    view = store_view(store, fingerprint)
-    _ensembles(view, ensembles)
+    view = _view(store, fingerprint, ensembles)
     return analysis.fairness_summary(view, run_ids=run_ids, eval_set=eval_set, attributes=attributes,
                                      pathologies=pathologies, n_boot=n_boot, seed=seed)
 
@@ -97,8 +103,7 @@ def fairness(store: str, fingerprint: str, *, run_ids: tuple[str, ...], eval_set
 def subgroup_auc(store: str, fingerprint: str, *, run_ids: tuple[str, ...], eval_set: str,
                  attributes: tuple[str, ...], pathologies: tuple[str, ...] | None = None, ensembles: tuple = (),
                  n_boot: int = 0, seed: int = 0) -> pl.DataFrame:
-    view = store_view(store, fingerprint)
-    _ensembles(view, ensembles)
+    view = _view(store, fingerprint, ensembles)
     return analysis.subgroup_auc(view, run_ids=run_ids, eval_set=eval_set, attributes=attributes,
                                  pathologies=pathologies, n_boot=n_boot, seed=seed)
 
@@ -107,8 +112,7 @@ def subgroup_auc(store: str, fingerprint: str, *, run_ids: tuple[str, ...], eval
 def relative_change(store: str, fingerprint: str, *, run_ids: tuple[str, ...], eval_set: str,
                     attributes: tuple[str, ...], pathologies: tuple[str, ...] | None = None,
                     reference: str = "population", unit: str = "pts", ensembles: tuple = ()) -> pl.DataFrame:
-    view = store_view(store, fingerprint)
-    _ensembles(view, ensembles)
+    view = _view(store, fingerprint, ensembles)
     return analysis.relative_change(view, run_ids=run_ids, eval_set=eval_set, attributes=attributes,
                                     pathologies=pathologies, reference=reference, unit=unit)
 

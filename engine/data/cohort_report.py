@@ -6,9 +6,12 @@ Prevalence is reported on the raw labels (share positive, uncertain, blank); lab
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import polars as pl
 
+from engine.data.io import write_json
 from engine.data.schema import PATHOLOGIES
 
 REPORT_ATTRIBUTES: tuple[str, ...] = ("sex", "race", "age_bin")
@@ -91,3 +94,14 @@ def summary_lines(report: dict) -> list[str]:
         parts = ", ".join(f"{v} {100 * n / total:.1f}%" for v, n in shares.iter_rows())
         lines.append(f"  {attribute}: {parts}")
     return lines
+
+
+def add_subsets_to_report(report_path: Path, summary: dict) -> None:
+    """Record the subsets (parameters, balanced-set composition) in ``cohort_report.json``, when it exists."""
+    if not report_path.is_file():
+        return
+    report = json.loads(report_path.read_text())
+    balanced = [entry for entry in summary["sets"] if str(entry["set"]).startswith("balanced")]
+    report["subsets"] = {"parameters": summary["parameters"], "does_not_balance": summary["does_not_balance"],
+                         "balanced_sets": balanced, "outputs": summary["outputs"]}
+    write_json(report, report_path)

@@ -57,3 +57,8 @@ def example_rows(frame, column: str, *, row_column: str = "_row", k: int = 5) ->
         rows = head[row_column].to_list()
         return [f"line {row + 2}: {column}={value!r}" for row, value in zip(rows, values, strict=True)]
     return [f"{column}={value!r}" for value in values]
+
+
+def keyed_examples(frame, column: str, *, key: str = "image_id", k: int = 5) -> list[str]:
+    """Describe up to ``k`` offending rows of a polars frame as ``<key value>: 'value'`` (rows without a line)."""
+    return [f"{ident}: {value!r}" for ident, value in frame.select(key, column).head(k).iter_rows()]

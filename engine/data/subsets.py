@@ -10,14 +10,14 @@ never copied rows; shared/design/ARCHITECTURE.md "evaluation sets") and a JSON s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from pathlib import Path
 
 import polars as pl
 
 from engine.data.balance import SEX_BALANCED_RACE, BalancedSet, balanced_set
-from engine.data.errors import DataError
+from engine.data.cohort_report import add_subsets_to_report
+from engine.data.errors import DataError, keyed_examples
 from engine.data.io import check_output, read_table, require_columns, write_json, write_parquet
 from engine.data.labels import DEFAULT_EVALUATION_POLICY, apply_policy, uncertain_value
 from engine.data.resample import (
@@ -51,11 +51,6 @@ DOES_NOT_BALANCE: tuple[str, ...] = (
 )
 
 
-def _examples(bad: pl.DataFrame, column: str) -> list[str]:
-    """Up to five ``image_id: value`` strings for a DataError."""
-    return [f"{image_id}: {value!r}" for image_id, value in bad.select("image_id", column).head(5).iter_rows()]
-
-
 def _check_values(cohort: pl.DataFrame, column: str, allowed: Collection[object], *, file: Path | None,
                   nullable: bool = False) -> None:
     """Every value of ``column`` is in ``allowed`` (or null where ``nullable``)."""
@@ -65,7 +60,7 @@ def _check_values(cohort: pl.DataFrame, column: str, allowed: Collection[object]
     bad = cohort.filter(~ok)
     if bad.height:
         raise DataError(f"unexpected values; allowed: {sorted(map(str, allowed))}" + (" or null" if nullable else ""),
-                        file=file, column=column, rows=_examples(bad, column), n_bad=bad.height)
+                        file=file, column=column, rows=keyed_examples(bad, column), n_bad=bad.height)
 
 
 def _cast_labels(cohort: pl.DataFrame, *, file: Path | None) -> pl.DataFrame:
@@ -75,7 +70,7 @@ def _cast_labels(cohort: pl.DataFrame, *, file: Path | None) -> pl.DataFrame:
         bad = cohort.filter(cast.is_null() & pl.col(pathology).is_not_null())
         if bad.height:
             raise DataError("label is not a number", file=file, column=pathology,
-                            rows=_examples(bad, pathology), n_bad=bad.height)
+                            rows=keyed_examples(bad, pathology), n_bad=bad.height)
     return cohort.with_columns(pl.col(p).cast(pl.Float64, strict=False) for p in PATHOLOGIES)
 
 
@@ -298,17 +293,6 @@ def build_subsets(cohort_path: Path, out_path: Path | None = None, *, seed: int 
     summary["outputs"] = {"subsets": str(out_path), "report": str(report_path)}
     write_parquet(sets, out_path)
     write_json(summary, report_path)
-    _add_to_cohort_report(cohort_path, summary)
+    add_subsets_to_report(cohort_path.with_name("cohort_report.json"), summary)
     return summary
 
-
-def _add_to_cohort_report(cohort_path: Path, summary: dict) -> None:
-    """Record the subsets (parameters, balanced-set composition) in ``cohort_report.json`` beside the cohort."""
-    report_path = cohort_path.with_name("cohort_report.json")
-    if not report_path.is_file():
-        return
-    report = json.loads(report_path.read_text())
-    balanced = [entry for entry in summary["sets"] if str(entry["set"]).startswith("balanced")]
-    report["subsets"] = {"parameters": summary["parameters"], "does_not_balance": summary["does_not_balance"],
-                         "balanced_sets": balanced, "outputs": summary["outputs"]}
-    write_json(report, report_path)

@@ -21,6 +21,13 @@ import polars as pl
 from engine.data.errors import DataError, OutputExistsError
 from engine.data.io import check_output, require_columns, write_parquet
 from engine.metrics import store_schema as schema
+from engine.metrics.store_validate import (  # noqa: F401  (validate_predictions is part of this API)
+    BAD_WEIGHT,
+    cast_predictions,
+    fail_rows,
+    row_examples,
+    validate_predictions,
+)
 
 # A run id is a folder name; a leading "." is refused too (hidden folders are never runs).
 _RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -40,8 +47,6 @@ _FIELD_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "tags": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
              "object of string to string"),
 }
-_STRING_COLUMNS = ("split", "image_id", "pathology", "set")  # "set": subsets.parquet
-_BAD_WEIGHT = ~(pl.col("weight").is_finite() & (pl.col("weight") >= 0)).fill_null(False)  # null is bad too
 PREDICTION_SCHEMA = {"run_id": pl.String, "split": pl.String, "image_id": pl.String, "pathology": pl.String,
                      "y_true": pl.Float64, "y_score": pl.Float64, "weight": pl.Float64}
 
@@ -67,7 +72,8 @@ def validate_cohort(cohort: pl.DataFrame, *, file: str | Path) -> None:
             raise DataError(f"column has type {cohort.schema[column]}; expected String", file=file, column=column)
         nulls = cohort.with_row_index("_row").filter(pl.col(column).is_null())
         if nulls.height:
-            raise DataError("null value", file=file, column=column, rows=_examples(nulls, column), n_bad=nulls.height)
+            raise DataError("null value", file=file, column=column, rows=row_examples(nulls, column),
+                            n_bad=nulls.height)
     dup = cohort.filter(pl.col("image_id").is_duplicated())
     if dup.height:
         raise DataError("duplicate image_id in the cohort", file=file, column="image_id",
@@ -175,67 +181,6 @@ def require_probabilities(run_info: dict, operation: str) -> None:
                  "probabilities")
 
 
-def _examples(bad: pl.DataFrame, column: str) -> list[str]:
-    """Up to five offending rows as ``row N image_id=.. pathology=..: column=value`` (N: 0-based row)."""
-    keys = [c for c in ("image_id", "pathology") if c in bad.columns and c != column]
-    return [f"row {r['_row']}" + "".join(f" {k}={r[k]!r}" for k in keys) + f": {column}={r[column]!r}"
-            for r in bad.head(5).iter_rows(named=True)]
-
-
-def _fail(bad: pl.DataFrame, problem: str, column: str, file: str | Path) -> None:
-    """Raise a DataError for the rows of ``bad`` (nothing when empty)."""
-    if bad.height:
-        raise DataError(problem, file=file, column=column, rows=_examples(bad, column), n_bad=bad.height)
-
-
-def _cast_predictions(frame: pl.DataFrame, file: str | Path) -> pl.DataFrame:
-    """Keys String, y_true / y_score / weight Float64 (numeric or boolean y_true accepted); else name the type."""
-    casts = []
-    for column in frame.columns:
-        dtype = frame.schema[column]
-        if column in _STRING_COLUMNS:
-            ok, expected = dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum), "String"
-            casts.append(pl.col(column).cast(pl.String))
-        else:
-            ok = dtype.is_numeric() or (column == "y_true" and dtype == pl.Boolean)
-            expected = "Float64 (0/1/null)" if column == "y_true" else "Float64"
-            casts.append(pl.col(column).cast(pl.Float64))
-        if not ok:
-            raise DataError(f"column has type {dtype}; expected {expected}", file=file, column=column)
-    return frame.with_columns(casts)
-
-
-def validate_predictions(frame: pl.DataFrame, cohort: pl.DataFrame | None, *, file: str | Path) -> pl.DataFrame:
-    """Check a predictions table; return its contract columns (Float64 values), sorted. ``cohort`` None skips the
-    cohort checks. Extra columns (e.g. run_id of read_predictions) are dropped."""
-    require_columns(frame, schema.PREDICTION_COLUMNS, file=file, what="predictions")
-    keep = [c for c in (*schema.PREDICTION_COLUMNS, *schema.OPTIONAL_PREDICTION_COLUMNS) if c in frame.columns]
-    frame = _cast_predictions(frame.select(keep), file).with_row_index("_row")
-    for column in ("split", "image_id", "pathology"):
-        _fail(frame.filter(pl.col(column).is_null()), "null value", column, file)
-    _fail(frame.filter(pl.col("y_true").is_not_null() & ~pl.col("y_true").is_in([0.0, 1.0]).fill_null(False)),
-          "y_true outside {0, 1, null}", "y_true", file)
-    _fail(frame.filter(~pl.col("y_score").is_finite().fill_null(False)), "y_score is null, NaN or infinite",
-          "y_score", file)
-    if "weight" in frame.columns:
-        _fail(frame.filter(_BAD_WEIGHT), "weight is null, negative, NaN or infinite", "weight", file)
-    dup = frame.filter(pl.struct("split", "image_id", "pathology").is_duplicated())
-    _fail(dup.sort("image_id", "pathology"), "duplicate (split, image_id, pathology) rows", "image_id", file)
-    if cohort is not None:
-        _check_against_cohort(frame, cohort, file)
-    return frame.drop("_row").sort("split", "pathology", "image_id")
-
-
-def _check_against_cohort(frame: pl.DataFrame, cohort: pl.DataFrame, file: str | Path) -> None:
-    """Every image_id is in the cohort, with the cohort's split (an image has one split)."""
-    ref = cohort.select("image_id", pl.col("split").alias("cohort_split"))
-    joined = frame.join(ref, on="image_id", how="left", maintain_order="left")
-    _fail(joined.filter(pl.col("cohort_split").is_null()), "image_id not in the store cohort", "image_id", file)
-    mismatch = joined.filter(pl.col("split") != pl.col("cohort_split"))
-    _fail(mismatch.with_columns(pl.format("{} (cohort: {})", "split", "cohort_split").alias("split")),
-          "split differs from the image's split in the cohort", "split", file)
-
-
 def write_run(store: str | Path, run_id: str, predictions: pl.DataFrame, run_info: dict, *,
               force: bool = False) -> Path:
     """Validate and write ``runs/<run_id>/`` (predictions.parquet + run.json) as one unit; return the folder.
@@ -331,6 +276,6 @@ def read_eval_sets(store: str | Path) -> pl.DataFrame | None:
         return None
     sets = pl.read_parquet(path)
     require_columns(sets, ("set", "pathology", "image_id", "weight"), file=path, what="evaluation sets")
-    sets = _cast_predictions(sets.select("set", "pathology", "image_id", "weight"), path).with_row_index("_row")
-    _fail(sets.filter(_BAD_WEIGHT), "weight is null, negative, NaN or infinite", "weight", path)
+    sets = cast_predictions(sets.select("set", "pathology", "image_id", "weight"), path).with_row_index("_row")
+    fail_rows(sets.filter(BAD_WEIGHT), "weight is null, negative, NaN or infinite", "weight", path)
     return sets.drop("_row")
