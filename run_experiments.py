@@ -7,6 +7,9 @@
   cache     decode and resize images once into a uint8 cache
   import    import another tool's predictions into a results store
   report    subgroup AUCs, fairness gaps and scores, thresholds, the paper's tables (CSV / LaTeX / Markdown)
+  finetune  fine-tune or linear-probe one registry model from a YAML config (one process or under torchrun)
+  predict   score the validation and test splits with the selected checkpoint into a results store
+  convert-remedis  REMEDIS TensorFlow SavedModel -> BiT .npz the engine loads
 
 Engine stages import torch lazily; this file and engine.data import without it.
 """
@@ -17,7 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine.config import ConfigError
 from engine.data.errors import DataError, OutputExistsError
+from engine.data.io import check_output
+from engine.models.registry import RegistryError
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -277,11 +283,53 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from engine.config import load_config
+    from engine.recipes import FinetuneConfig
+    from engine.train.finetune import finetune
+
+    finetune(load_config(FinetuneConfig, args.config, args.set))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from engine.config import load_config
+    from engine.recipes import FinetuneConfig
+    from engine.train.predict import predict
+
+    folder = predict(load_config(FinetuneConfig, args.config, args.set), force=args.force)
+    if folder is not None:
+        print(f"wrote {folder}")
+
+
+def cmd_convert_remedis(args: argparse.Namespace) -> None:
+    from engine.models.remedis import convert_remedis_dir
+
+    summary = convert_remedis_dir(args.saved_model, check_output(args.out, force=args.force))
+    print(f"wrote {args.out}: {summary}")
+
+
+def add_engine_stages(sub: argparse._SubParsersAction) -> None:
+    for name, func, text in (("finetune", cmd_finetune, "fine-tune or linear-probe one model (YAML config)"),
+                             ("predict", cmd_predict, "score validate/test with the selected checkpoint")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", type=Path, help="YAML config (engine/recipes.py FinetuneConfig)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.blr=5e-4 (repeatable; type-checked)")
+        if name == "predict":
+            p.add_argument("--force", action="store_true", help="replace the run if the store has it")
+        p.set_defaults(func=func)
+    r = sub.add_parser("convert-remedis", help="REMEDIS TF SavedModel folder -> BiT .npz (needs tensorflow once)")
+    r.add_argument("saved_model", type=Path)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--force", action="store_true")
+    r.set_defaults(func=cmd_convert_remedis)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_experiments.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_synth, add_prepare, add_subsets, add_cache, add_import, add_report):
+    for add in (add_synth, add_prepare, add_subsets, add_cache, add_import, add_report, add_engine_stages):
         add(sub)
     return parser
 
@@ -290,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, OutputExistsError, FileExistsError) as exc:
+    except (DataError, OutputExistsError, FileExistsError, ConfigError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

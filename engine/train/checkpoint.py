@@ -1,0 +1,64 @@
+"""Training checkpoints: written atomically every epoch, with everything a resumed run needs.
+
+A checkpoint holds the model, optimizer, scheduler and scaler states, the RNG states, the epoch just finished, the
+best validation metric so far and the history of epoch logs, plus the resolved config (nanoGPT's self-describing
+checkpoints). ``last.pt`` is replaced every epoch; ``best.pt`` (weights only) whenever validation improves.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+def atomic_save(obj: object, path: Path) -> Path:
+    """torch.save into a temporary file beside ``path``, fsync, then rename over it (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(path: Path, *, model: torch.nn.Module, optimizer, scheduler, scaler, epoch: int,
+                        best: dict, history: list[dict], config: dict) -> Path:
+    """Write ``path`` (usually ``last.pt``) atomically."""
+    return atomic_save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(), "epoch": epoch,
+        "best": best, "history": history, "config": config,
+    }, path)
+
+
+def load_training_state(path: Path) -> dict:
+    """A checkpoint written by ``save_training_state`` (numpy RNG state needs the non-tensor allow-list)."""
+    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: it pickles RNG tuples

@@ -1,0 +1,102 @@
+"""Torch datasets over the uint8 image cache, the paper's transforms, and loaders that split a global batch.
+
+Reproducibility: the random draws of an image's augmentation are seeded by (seed, epoch, dataset index), not by a
+worker's or rank's RNG stream. The same run therefore sees the same augmented images whatever the number of
+DataLoader workers or GPUs, and a resumed run sees exactly what an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from engine.data.cache_read import ImageCache
+from engine.train.split_table import SplitTable
+
+EPOCH_STRIDE = 1 << 32  # sampler yields epoch * EPOCH_STRIDE + index, so workers know the epoch without state
+
+
+def timm_train_transform(input_size: int, mean, std, *, scale: tuple[float, float], hflip: float,
+                         randaugment: str | None) -> Callable:
+    """timm's training transform as Medical MAE builds it (bicubic RandomResizedCrop, flip, RandAugment)."""
+    from timm.data import create_transform  # timm import kept local: this module is imported by workers
+
+    return create_transform(input_size=input_size, is_training=True, scale=scale, hflip=hflip, vflip=0.0,
+                            auto_augment=randaugment, interpolation="bicubic", re_prob=0.0, mean=mean, std=std)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's augmentation draw (stable across processes: no Python hash randomisation)."""
+    return (seed * 1_000_003 + epoch) * 2_654_435_761 + index & 0x7FFF_FFFF_FFFF
+
+
+class CachedImages(Dataset):
+    """Images of a SplitTable from the cache: (image, targets [14], index).
+
+    ``transform`` is None: the image is returned as a uint8 tensor [H, W], and the caller crops, augments and
+    normalises the batch on its device (engine/train/batches.py). Otherwise it receives a PIL RGB image (the grey
+    channel replicated, as Medical MAE's loader does) and must return a float tensor [3, S, S].
+    """
+
+    def __init__(self, cache: ImageCache, table: SplitTable, *, transform: Callable | None = None, seed: int = 0):
+        self.cache, self.transform, self.seed = cache, transform, seed
+        self.rows = cache.rows_of(table.image_ids)
+        self.targets = torch.from_numpy(table.targets)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        epoch, index = divmod(int(key), EPOCH_STRIDE)
+        pixels = np.asarray(self.cache.array[self.rows[index]])
+        if self.transform is None:
+            image = torch.from_numpy(pixels.copy())
+        else:
+            seed = sample_seed(self.seed, epoch, index)
+            random.seed(seed)  # timm's RandAugment and RandomResizedCrop draw from `random`
+            torch.manual_seed(seed)
+            image = self.transform(Image.fromarray(pixels, mode="L").convert("RGB"))
+        return image, self.targets[index], index
+
+
+class EpochSampler(Sampler[int]):
+    """DistributedSampler's order (seed + epoch permutation, rank r takes every world-th index), as keys that carry
+    the epoch. With world size 1 the order equals a 1-rank DistributedSampler, so 1 and N ranks see the same
+    global batches."""
+
+    def __init__(self, n: int, *, rank: int, world: int, shuffle: bool, seed: int):
+        self.inner = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        return (self.epoch * EPOCH_STRIDE + i for i in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def per_rank_batch(global_batch: int, world: int) -> int:
+    """The global batch split across ranks (ValueError when it does not divide)."""
+    if global_batch % world:
+        raise ValueError(f"global batch {global_batch} does not split evenly across {world} processes")
+    return global_batch // world
+
+
+def make_loader(dataset: CachedImages, *, batch_size: int, rank: int, world: int, shuffle: bool, seed: int,
+                workers: int, drop_last: bool, pin_memory: bool) -> DataLoader:
+    """A loader over ``dataset`` for one rank; ``batch_size`` is already the per-rank batch."""
+    sampler = EpochSampler(len(dataset), rank=rank, world=world, shuffle=shuffle, seed=seed)
+    # its own generator: creating an iterator must not consume the global RNG (DropPath's), or a resumed run
+    # would draw different DropPath masks from an uninterrupted one
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                      pin_memory=pin_memory, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,154 @@
+"""Stage ``finetune``: end-to-end fine-tuning or linear probing of one registry model (paper section 3.2).
+
+``finetune(config) -> out_dir``. Writes into ``config.out_dir``: ``config.yaml`` / ``config.json`` (resolved),
+``last.pt`` every epoch (full training state, atomic), ``best.pt`` (weights of the epoch with the best validation
+mean AUC), ``log.jsonl`` (one line per epoch) and, when finished, ``finetune.json`` (summary). A run whose
+``last.pt`` exists resumes after its last finished epoch; a finished run (``finetune.json`` with the same config
+hash) is returned as is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from engine.config import config_hash, save_resolved, to_dict
+from engine.data.io import write_json
+from engine.models.classifier import backbone_snapshot, check_backbone_unchanged
+from engine.recipes import FinetuneConfig
+from engine.train import distributed
+from engine.train.checkpoint import BEST, LAST, atomic_save, load_training_state, save_training_state, set_rng_state
+from engine.train.evaluate import gather_logits, masked_bce, validation_metrics
+from engine.train.loop import StepContext, autocast_for, epoch_seed, train_one_epoch
+from engine.train.setup import (
+    check_inputs,
+    load_data,
+    make_loaders,
+    make_model,
+    make_optimizer,
+    make_preparer,
+    make_scheduler,
+)
+
+SUMMARY = "finetune.json"
+
+
+def is_finished(config: FinetuneConfig) -> bool:
+    """True when ``out_dir`` holds a finished run of exactly this config."""
+    path = Path(config.out_dir) / SUMMARY
+    return path.is_file() and json.loads(path.read_text()).get("config_hash") == config_hash(config)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) the fine-tuning job described by ``config``; return its output folder."""
+    out = Path(config.out_dir)
+    if is_finished(config):
+        log(f"{config.run_id}: already finished ({out / SUMMARY}); nothing to do")
+        return out
+    recipe, weights = check_inputs(config)
+    data = load_data(config)
+    configure_determinism(config.train.deterministic)
+    torch.manual_seed(config.train.seed)  # model initialisation (the new head) is seeded
+    dist = distributed.setup()
+    try:
+        return _run(config, recipe, weights, data, dist, log if dist.is_main else (lambda _: None))
+    finally:
+        distributed.teardown()
+
+
+def _run(config, recipe, weights, data, dist, log) -> Path:
+    out = Path(config.out_dir)
+    model, bare, report = make_model(config, recipe, weights, dist)
+    train_loader, val_loader, steps = make_loaders(config, recipe, data, dist)
+    optimizer = make_optimizer(bare, recipe, config.train.mode == "linear-probe")
+    scheduler = make_scheduler(optimizer, recipe, steps)
+    snapshot = backbone_snapshot(bare) if config.train.mode == "linear-probe" else None
+    state = _resume(out / LAST, bare, optimizer, scheduler, config, log)
+    if dist.is_main:
+        save_resolved(config, out)
+    autocast = autocast_for(dist.device, config.train.precision)
+    ctx = StepContext(optimizer, scheduler, masked_bce, make_preparer(config, recipe, dist, training=True), autocast,
+                      steps, seed=config.train.seed, rank=dist.rank, log=log, log_every=config.train.log_every)
+    val_prepare = make_preparer(config, recipe, dist, training=False)
+    log(f"{config.run_id}: {recipe.architecture} {config.train.mode}, {len(data.train):,} train / "
+        f"{len(data.validate):,} validation images, {recipe.epochs} epochs x {steps} steps, global batch "
+        f"{recipe.batch_size} on {dist.world} process(es), lr {recipe.lr:.3e} (blr {recipe.blr:g})")
+    for epoch in range(state["epoch"] + 1, recipe.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(config.train.seed, epoch, dist.rank))  # DropPath masks: same after a resume
+        stats = train_one_epoch(model, train_loader, epoch, ctx)
+        logits = gather_logits(model, val_loader, val_prepare, autocast, len(data.validate))
+        stats.update(validation_metrics(data.validate.targets, logits))
+        _end_epoch(out, stats, state, bare, optimizer, scheduler, config, dist, log)
+    if snapshot is not None:
+        check_backbone_unchanged(bare, snapshot)
+    if dist.is_main:
+        _write_summary(out, config, recipe, data, report, state)
+    distributed.barrier()
+    return out
+
+
+def _resume(path: Path, model, optimizer, scheduler, config: FinetuneConfig, log) -> dict:
+    """State of the last finished epoch from ``last.pt``, or a fresh state (epoch -1)."""
+    if not path.is_file():
+        return {"epoch": -1, "best": {"epoch": None, "val_mean_auc": None}, "history": [], "started": time.time()}
+    saved = load_training_state(path)
+    if saved["config"].get("config_hash") != config_hash(config):
+        raise ValueError(f"{path} belongs to a different config (hash {saved['config'].get('config_hash')} vs "
+                         f"{config_hash(config)}); use another out_dir or delete it")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    log(f"resuming after epoch {saved['epoch']} from {path}")
+    return {"epoch": saved["epoch"], "best": saved["best"], "history": saved["history"],
+            "started": saved["config"].get("started", time.time())}
+
+
+def _end_epoch(out: Path, stats: dict, state: dict, model, optimizer, scheduler, config, dist, log) -> None:
+    """Log the epoch, keep best.pt on a better validation mean AUC, and write last.pt (rank 0 only)."""
+    state["epoch"] = stats["epoch"]
+    state["history"].append(stats)
+    auc, best = stats["val_mean_auc"], state["best"]["val_mean_auc"]
+    improved = auc is not None and (best is None or auc > best)
+    log(f"epoch {stats['epoch']}: train loss {stats['train_loss']:.4f}, val loss {stats['val_loss']:.4f}, "
+        f"val mean AUC {auc if auc is None else round(auc, 4)}{' (best)' if improved else ''}, "
+        f"{stats['images_per_s']:.1f} img/s")
+    if dist.is_main:
+        if improved:
+            state["best"] = {"epoch": stats["epoch"], "val_mean_auc": auc}
+            atomic_save({"model": model.state_dict(), "epoch": stats["epoch"], "val_mean_auc": auc,
+                         "config_hash": config_hash(config)}, out / BEST)
+        with (out / "log.jsonl").open("a") as handle:
+            handle.write(json.dumps(stats) + "\n")
+        meta = {"config_hash": config_hash(config), "started": state["started"], **to_dict(config)}
+        save_training_state(out / LAST, model=model, optimizer=optimizer, scheduler=scheduler, scaler=None,
+                            epoch=stats["epoch"], best=state["best"], history=state["history"], config=meta)
+    distributed.barrier()
+
+
+def _write_summary(out: Path, config, recipe, data, report, state) -> None:
+    if state["best"]["epoch"] is None:
+        raise RuntimeError("no epoch had a defined validation mean AUC; nothing to select (is the validation split "
+                           "large enough to hold both classes of a pathology?)")
+    write_json({
+        "run_id": config.run_id, "config_hash": config_hash(config), "recipe": to_dict(recipe),
+        "selected": {**state["best"], "on": f"{config.data.validation_set} split, mean AUC over defined pathologies"},
+        "weights": report.as_dict() if report is not None else None,
+        "images": {"train": len(data.train), "validate": len(data.validate)},
+        "removed": {"train": data.train.removed, "validate": data.validate.removed},
+        "wall_s": time.time() - state["started"], "history": state["history"],
+    }, out / SUMMARY)
