@@ -7,8 +7,9 @@ DataLoader workers or GPUs, and a resumed run sees exactly what an uninterrupted
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +36,23 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 2_654_435_761 + index & 0x7FFF_FFFF_FFFF
 
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed the three RNGs timm's transforms draw from (RandomResizedCrop: ``random``; RandAugment: ``random`` for
+    magnitudes and ``numpy.random`` for the op choice; torchvision ops: torch), and restore them afterwards so the
+    training process's own streams (DropPath) are untouched when the loader runs in-process."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFF_FFFF)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
 class CachedImages(Dataset):
     """Images of a SplitTable from the cache: (image, targets [14], index).
 
@@ -57,10 +75,8 @@ class CachedImages(Dataset):
         if self.transform is None:
             image = torch.from_numpy(pixels.copy())
         else:
-            seed = sample_seed(self.seed, epoch, index)
-            random.seed(seed)  # timm's RandAugment and RandomResizedCrop draw from `random`
-            torch.manual_seed(seed)
-            image = self.transform(Image.fromarray(pixels, mode="L").convert("RGB"))
+            with seeded(sample_seed(self.seed, epoch, index)):
+                image = self.transform(Image.fromarray(pixels, mode="L").convert("RGB"))
         return image, self.targets[index], index
 
 

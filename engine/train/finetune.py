@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from engine.config import config_hash, save_resolved, to_dict
-from engine.data.io import write_json
+from engine.data.io import atomic_path, write_json
 from engine.models.classifier import backbone_snapshot, check_backbone_unchanged
 from engine.recipes import FinetuneConfig
 from engine.train import distributed
@@ -132,12 +132,17 @@ def _end_epoch(out: Path, stats: dict, state: dict, model, optimizer, scheduler,
             state["best"] = {"epoch": stats["epoch"], "val_mean_auc": auc}
             atomic_save({"model": model.state_dict(), "epoch": stats["epoch"], "val_mean_auc": auc,
                          "config_hash": config_hash(config)}, out / BEST)
-        with (out / "log.jsonl").open("a") as handle:
-            handle.write(json.dumps(stats) + "\n")
         meta = {"config_hash": config_hash(config), "started": state["started"], **to_dict(config)}
         save_training_state(out / LAST, model=model, optimizer=optimizer, scheduler=scheduler, scaler=None,
                             epoch=stats["epoch"], best=state["best"], history=state["history"], config=meta)
+        # rewritten from the checkpoint's history after last.pt: a killed run never logs an epoch it will redo
+        write_text_atomic("".join(json.dumps(h) + "\n" for h in state["history"]), out / "log.jsonl")
     distributed.barrier()
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _write_summary(out: Path, config, recipe, data, report, state) -> None:
