@@ -24,6 +24,7 @@ from engine.config import ConfigError
 from engine.data.errors import DataError, OutputExistsError
 from engine.data.io import check_output
 from engine.models.registry import RegistryError
+from engine.models.weights_error import WeightsError
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -338,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, OutputExistsError, FileExistsError, ConfigError, RegistryError) as exc:
+    except (DataError, OutputExistsError, FileExistsError, ConfigError, RegistryError,
+            WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

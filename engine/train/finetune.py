@@ -140,6 +140,14 @@ def _end_epoch(out: Path, stats: dict, state: dict, model, optimizer, scheduler,
     distributed.barrier()
 
 
+def pretraining_facts(checkpoint: str | None) -> dict | None:
+    """``pretraining.json`` written by the pretrain stage beside its encoder (method, pool, epochs, fraction)."""
+    if checkpoint is None:
+        return None
+    sidecar = Path(checkpoint).with_name("pretraining.json")
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else None
+
+
 def write_text_atomic(text: str, path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -152,7 +160,7 @@ def _write_summary(out: Path, config, recipe, data, report, state) -> None:
     write_json({
         "run_id": config.run_id, "config_hash": config_hash(config), "recipe": to_dict(recipe),
         "selected": {**state["best"], "on": f"{config.data.validation_set} split, mean AUC over defined pathologies"},
-        "weights": report.as_dict() if report is not None else None,
+        "weights": {**report.as_dict(), "pretraining": pretraining_facts(config.model.checkpoint)} if report else None,
         "images": {"train": len(data.train), "validate": len(data.validate)},
         "removed": {"train": data.train.removed, "validate": data.validate.removed},
         "wall_s": time.time() - state["started"], "history": state["history"],
