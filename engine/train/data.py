@@ -44,7 +44,7 @@ def seeded(seed: int) -> Iterator[None]:
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed & 0xFFFF_FFFF)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also seeds CUDA (0.15 ms a call)
     try:
         yield
     finally:

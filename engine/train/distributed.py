@@ -33,7 +33,8 @@ def setup() -> Dist:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    launched = "RANK" in os.environ  # torchrun, even with one process (the NCCL world-size-1 smoke test)
+    if launched and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
     return Dist(rank, world, local_rank, device)
 

@@ -115,7 +115,7 @@ def make_model(config: FinetuneConfig, recipe: Recipe, weights: Path | None,
     trained = model
     if config.train.compile:
         trained = torch.compile(trained)
-    if dist.world > 1:
+    if torch.distributed.is_initialized():
         trained = DistributedDataParallel(trained, device_ids=[dist.device] if dist.device.type == "cuda" else None)
     return trained, model, report
 
