@@ -31,7 +31,7 @@ from engine.data.schema import PATHOLOGIES  # noqa: E402
 from engine.recipes import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, resolve_recipe  # noqa: E402
 from engine.train.distributed import Dist  # noqa: E402
 from engine.train.evaluate import masked_bce  # noqa: E402
-from engine.train.loop import StepContext, autocast_for, train_one_epoch  # noqa: E402
+from engine.train.loop import StepContext, autocast_for, check_interval, train_one_epoch  # noqa: E402
 from engine.train.setup import (  # noqa: E402
     load_data,
     make_loaders,
@@ -118,7 +118,8 @@ def engine_rate(config: FinetuneConfig, dist: Dist) -> float:
     optimizer = make_optimizer(bare, recipe, probe=False)
     prepare = make_preparer(config, recipe, dist, training=True)
     autocast = autocast_for(dist.device, config.train.precision)
-    ctx = StepContext(optimizer, make_scheduler(optimizer, recipe, steps), masked_bce, prepare, autocast, steps)
+    ctx = StepContext(optimizer, make_scheduler(optimizer, recipe, steps), masked_bce, prepare, autocast, steps,
+                      check_every=check_interval(dist.device))
     rate = 0.0
     for epoch in range(2):
         train_loader.sampler.set_epoch(epoch)
@@ -128,6 +129,34 @@ def engine_rate(config: FinetuneConfig, dist: Dist) -> float:
         sync(dist.device)
         rate = stats["steps"] * recipe.batch_size / (time.perf_counter() - start)
     return rate
+
+
+@torch.no_grad()
+def predict_rates(config: FinetuneConfig, dist: Dist, n_batches: int = 10) -> tuple[float, float]:
+    """Images/s of a bare eval forward on device tensors vs the engine's scoring path (loader, crop, gather)."""
+    from engine.train.data import CachedImages
+    from engine.train.predict import score_table
+
+    recipe = resolve_recipe(config)
+    _, model, _ = make_model(config, recipe, None, dist)
+    model.eval()
+    batch, size = config.train.eval_batch_size, config.model.input_size
+    inputs = torch.randn(batch, 3, size, size, device=dist.device)
+    autocast = autocast_for(dist.device, config.train.precision)
+    for step in range(3 + n_batches):
+        if step == 3:
+            sync(dist.device)
+            start = time.perf_counter()
+        with autocast():
+            model(inputs)
+    sync(dist.device)
+    raw = n_batches * batch / (time.perf_counter() - start)
+    data = load_data(config)
+    images = CachedImages(data.cache, data.train)
+    score_table(model, images, config, recipe, dist)  # warm-up (workers)
+    start = time.perf_counter()
+    score_table(model, images, config, recipe, dist)
+    return raw, len(images) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -142,6 +171,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--augmentation", default="timm", choices=("timm", "batched", "none"))
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--predict", action="store_true", help="also time prediction (eval batch 256)")
     args = parser.parse_args()
     device = torch.device(args.device)
     dist = Dist(0, 1, 0, device)
@@ -154,13 +184,18 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         engine = engine_rate(config, dist)
+        engine_memory = peak_memory(device)
+        predict = predict_rates(config, dist) if args.predict else None
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), torch "
           f"{torch.__version__}, timm {__import__('timm').__version__}, {torch.get_num_threads()} threads")
     print(f"{args.arch} @ {args.input_size} px, batch {args.batch}, {args.precision}, compile={args.compile}, "
           f"augmentation={args.augmentation}, workers={args.workers}")
     print(f"raw timm step   {raw:9.1f} images/s   peak {raw_memory}")
-    print(f"engine loop     {engine:9.1f} images/s   peak {peak_memory(device)}")
+    print(f"engine loop     {engine:9.1f} images/s   peak {engine_memory}")
     print(f"ratio engine / raw = {engine / raw:.3f}")
+    if predict is not None:
+        print(f"prediction: raw forward {predict[0]:.1f} images/s, engine scoring {predict[1]:.1f} images/s, "
+              f"ratio {predict[1] / predict[0]:.3f}")
 
 
 if __name__ == "__main__":

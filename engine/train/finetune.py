@@ -23,7 +23,7 @@ from engine.recipes import FinetuneConfig
 from engine.train import distributed
 from engine.train.checkpoint import BEST, LAST, atomic_save, load_training_state, save_training_state, set_rng_state
 from engine.train.evaluate import gather_logits, masked_bce, validation_metrics
-from engine.train.loop import StepContext, autocast_for, epoch_seed, train_one_epoch
+from engine.train.loop import StepContext, autocast_for, check_interval, epoch_seed, train_one_epoch
 from engine.train.setup import (
     check_inputs,
     load_data,
@@ -81,7 +81,8 @@ def _run(config, recipe, weights, data, dist, log) -> Path:
         save_resolved(config, out)
     autocast = autocast_for(dist.device, config.train.precision)
     ctx = StepContext(optimizer, scheduler, masked_bce, make_preparer(config, recipe, dist, training=True), autocast,
-                      steps, seed=config.train.seed, rank=dist.rank, log=log, log_every=config.train.log_every)
+                      steps, seed=config.train.seed, rank=dist.rank, log=log, log_every=config.train.log_every,
+                      check_every=check_interval(dist.device))
     val_prepare = make_preparer(config, recipe, dist, training=False)
     log(f"{config.run_id}: {recipe.architecture} {config.train.mode}, {len(data.train):,} train / "
         f"{len(data.validate):,} validation images, {recipe.epochs} epochs x {steps} steps, global batch "
