@@ -9,7 +9,9 @@
   report    subgroup AUCs, fairness gaps and scores, thresholds, the paper's tables (CSV / LaTeX / Markdown)
   finetune  fine-tune or linear-probe one registry model from a YAML config (one process or under torchrun)
   predict   score the validation and test splits with the selected checkpoint into a results store
+  pretrain  MAE or MoCo v3 self-supervised pre-training on a pool (one process or under torchrun)
   convert-remedis  REMEDIS TensorFlow SavedModel -> BiT .npz the engine loads
+  run       a whole study from one config (configs/demo.yaml, configs/paper.yaml): plan, dry run, resume
 
 Engine stages import torch lazily; this file and engine.data import without it.
 """
@@ -45,7 +47,13 @@ def cmd_synth(args: argparse.Namespace) -> None:
         print(f"synthetic results store -> {args.out}: {len(summary['runs'])} runs (marked synthetic in store.json)")
         return
     if args.dataset is None:
-        raise SystemExit("synth: name a dataset (chexpert, nih) or pass --predictions")
+        raise SystemExit("synth: name a dataset (chexpert, nih, weights) or pass --predictions")
+    if args.dataset == "weights":
+        from engine.models.demo_weights import write_demo_weights
+
+        for name, path in write_demo_weights(args.out, seed=args.seed).items():
+            print(f"{name:<14} {path}")
+        return
     if args.dataset == "chexpert":
         paths = synth.write_synthetic_chexpert(args.out, n_patients=args.patients, seed=args.seed, force=args.force)
     else:
@@ -146,12 +154,14 @@ def cmd_cache(args: argparse.Namespace) -> None:
     from engine.data.cache_stage import cache_images
 
     cache_images(table=args.table, image_root=args.image_root, out_dir=args.out, size=args.size,
-                 workers=args.workers, skip_bad=args.skip_bad, force=args.force, progress=not args.no_progress)
+                 workers=args.workers, skip_bad=args.skip_bad, force=args.force, progress=not args.no_progress,
+                 dataset=args.dataset)
 
 
 def add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write synthetic data in the real file formats, or a synthetic results store")
-    p.add_argument("dataset", nargs="?", choices=["chexpert", "nih"])
+    p.add_argument("dataset", nargs="?", choices=["chexpert", "nih", "weights"],
+                   help="weights: stand-in BiT .npz files for the CPU demo's ResNet slots")
     p.add_argument("--predictions", action="store_true",
                    help="write a synthetic results store: the paper's model matrix with planted effects")
     p.add_argument("--out", type=Path, required=True, help="output directory")
@@ -235,6 +245,7 @@ def add_cache(sub: argparse._SubParsersAction) -> None:
                                                             "in the cohort (column excluded_reason)")
     p.add_argument("--force", action="store_true", help="discard an existing cache in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    p.add_argument("--dataset", help="pool tables: cache only this dataset's rows (ids relative to its image root)")
     p.set_defaults(func=cmd_cache)
 
 
@@ -302,6 +313,36 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"wrote {folder}")
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from engine.config import load_config
+    from engine.pretrain_config import PretrainConfig
+    from engine.train.pretrain import pretrain
+
+    pretrain(load_config(PretrainConfig, args.config, args.set))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from engine.study.command import run_study
+
+    status = run_study(args.config, overrides=args.set, dry_run=args.dry_run, force=args.force, only=args.only,
+                       launcher=args.launcher, slurm_cluster=args.slurm_cluster)
+    if status:
+        raise SystemExit(status)
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="a whole study from one config: prepare -> cache -> pretrain -> finetune -> "
+                                   "predict -> report (idempotent, resumable)")
+    p.add_argument("config", type=Path, help="study YAML, e.g. configs/demo.yaml or configs/paper.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--dry-run", action="store_true", help="print the plan with images and GPU-hour estimates")
+    p.add_argument("--force", action="store_true", help="rerun the selected jobs even when up to date")
+    p.add_argument("--only", metavar="PATTERN", help="comma-separated globs of job names, e.g. 'finetune-mae-*'")
+    p.add_argument("--launcher", choices=["local", "torchrun", "slurm"], default="local")
+    p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # 'local' in tests (submitit)
+    p.set_defaults(func=cmd_run)
+
+
 def cmd_convert_remedis(args: argparse.Namespace) -> None:
     from engine.models.remedis import convert_remedis_dir
 
@@ -310,10 +351,11 @@ def cmd_convert_remedis(args: argparse.Namespace) -> None:
 
 
 def add_engine_stages(sub: argparse._SubParsersAction) -> None:
-    for name, func, text in (("finetune", cmd_finetune, "fine-tune or linear-probe one model (YAML config)"),
+    for name, func, text in (("pretrain", cmd_pretrain, "MAE or MoCo v3 pre-training on a pool (YAML config)"),
+                             ("finetune", cmd_finetune, "fine-tune or linear-probe one model (YAML config)"),
                              ("predict", cmd_predict, "score validate/test with the selected checkpoint")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("config", type=Path, help="YAML config (engine/recipes.py FinetuneConfig)")
+        p.add_argument("config", type=Path, help="YAML config (engine/pretrain_config.py or engine/recipes.py)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.blr=5e-4 (repeatable; type-checked)")
         if name == "predict":
@@ -330,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_experiments.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_synth, add_prepare, add_subsets, add_cache, add_import, add_report, add_engine_stages):
+    for add in (add_synth, add_prepare, add_subsets, add_cache, add_import, add_report, add_engine_stages, add_run):
         add(sub)
     return parser
 

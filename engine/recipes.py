@@ -90,6 +90,7 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     store: str | None = None  # results store the predict stage writes into
     tags: dict[str, str] = field(default_factory=dict)  # free-form run.json tags (study names ...)
+    display_name: str | None = None  # run.json display_name; None = the registry's (e.g. 'MAE (M, CX14)')
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from engine.metrics import store as results_store
 from engine.metrics.store_schema import COHORT_FILE, SUBSETS_FILE
 from engine.models.classifier import build_classifier
 from engine.models.registry import get_spec, run_facts
+from engine.provenance import code_version
 from engine.recipes import FinetuneConfig, Recipe, resolve_recipe
 from engine.train import distributed
 from engine.train.checkpoint import BEST
@@ -34,8 +34,6 @@ from engine.train.finetune import SUMMARY, is_finished
 from engine.train.loop import autocast_for
 from engine.train.setup import make_preparer
 from engine.train.split_table import read_cohort_for_training, split_table
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def predict(config: FinetuneConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Path | None:
@@ -120,19 +118,22 @@ def _ensure_store_cohort(store: Path, cohort: pl.DataFrame, config: FinetuneConf
         tmp.replace(subsets)
 
 
-def code_version() -> str | None:
-    """``git describe`` of the project, with '-dirty' when the working tree has changes; None outside git."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def _is_synthetic(manifest: dict) -> bool:
     root = Path(str(manifest.get("image_root", "")))
     return any((folder / "synthetic.json").is_file() for folder in (root, *list(root.parents)[:2]))
+
+
+def pretraining_fields(pretraining: dict) -> dict:
+    """run.json fields from the ``pretraining.json`` of a self-pre-trained encoder (issue E); empty otherwise."""
+    if not pretraining:
+        return {"pretraining_epochs": None, "pretraining_fraction": None}
+    tags = pretraining.get("tags") or {}
+    fraction = ((pretraining.get("data") or {}).get("fraction") or {}).get("fraction")
+    fields = {"pretraining_epochs": pretraining.get("epochs"),
+              "pretraining_fraction": float(fraction) if fraction is not None else 1.0}
+    fields |= {"pretraining_data": tags["data"]} if tags.get("data") else {}
+    fields |= {"domain": tags["domain"]} if tags.get("domain") else {}
+    return fields
 
 
 def run_info(config: FinetuneConfig, recipe: Recipe, cohort: pl.DataFrame, manifest: dict) -> dict:
@@ -141,9 +142,11 @@ def run_info(config: FinetuneConfig, recipe: Recipe, cohort: pl.DataFrame, manif
     weights = summary.get("weights") or {}
     pretraining = weights.get("pretraining") or {}  # written by the pretrain stage into its encoder (issue E)
     synthetic = _is_synthetic(manifest)
+    facts = {**run_facts(get_spec(config.model.name)), **pretraining_fields(pretraining)}
+    if config.display_name:
+        facts["display_name"] = config.display_name
     return {
-        **run_facts(get_spec(config.model.name)), "run_id": config.run_id, "architecture": recipe.architecture,
-        "pretraining_epochs": pretraining.get("epochs"), "pretraining_fraction": pretraining.get("fraction"),
+        **facts, "run_id": config.run_id, "architecture": recipe.architecture,
         "finetune_mode": config.train.mode, "balancing": config.data.balancing, "seed": config.train.seed,
         "score_kind": "probability", "training_label_policy": config.data.training_label_policy,
         "evaluation_label_policy": config.data.evaluation_label_policy, "input_size": config.model.input_size,
