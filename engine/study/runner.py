@@ -78,6 +78,8 @@ def run_plan(jobs: list[Job], *, work_dir: str, launcher: str = "local", only: s
         if blocked:
             outcomes[job.name] = Outcome(job.name, job.stage, "blocked", reason=f"needs {', '.join(blocked)}")
             continue
+        estimate = f", about {job.images:,} images" if job.images else ""
+        echo(f"-> {job.name} ({job.stage}{estimate}; log {job_dir(work_dir, job.name) / 'log.txt'})")
         if launcher == "slurm":
             outcomes[job.name] = _slurm_one(job, work_dir, force, gpus, code_version, slurm_cluster)
         else:

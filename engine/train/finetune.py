@@ -90,10 +90,11 @@ def _run(config, recipe, weights, data, dist, log) -> Path:
     for epoch in range(state["epoch"] + 1, recipe.epochs):
         train_loader.sampler.set_epoch(epoch)
         torch.manual_seed(epoch_seed(config.train.seed, epoch, dist.rank))  # DropPath masks: same after a resume
+        start = time.perf_counter()
         stats = train_one_epoch(model, train_loader, epoch, ctx)
         logits = gather_logits(model, val_loader, val_prepare, autocast, len(data.validate))
-        stats.update(validation_metrics(data.validate.targets, logits))
-        _end_epoch(out, stats, state, bare, optimizer, scheduler, config, dist, log)
+        stats.update(validation_metrics(data.validate.targets, logits), epoch_s=time.perf_counter() - start)
+        _end_epoch(out, stats, state, bare, optimizer, scheduler, config, dist, log, recipe.epochs)
     if snapshot is not None:
         check_backbone_unchanged(bare, snapshot)
     if dist.is_main:
@@ -119,15 +120,19 @@ def _resume(path: Path, model, optimizer, scheduler, config: FinetuneConfig, log
             "started": saved["config"].get("started", time.time())}
 
 
-def _end_epoch(out: Path, stats: dict, state: dict, model, optimizer, scheduler, config, dist, log) -> None:
+def _end_epoch(out: Path, stats: dict, state: dict, model, optimizer, scheduler, config, dist, log,
+               epochs: int) -> None:
     """Log the epoch, keep best.pt on a better validation mean AUC, and write last.pt (rank 0 only)."""
     state["epoch"] = stats["epoch"]
     state["history"].append(stats)
     auc, best = stats["val_mean_auc"], state["best"]["val_mean_auc"]
     improved = auc is not None and (best is None or auc > best)
-    log(f"epoch {stats['epoch']}: train loss {stats['train_loss']:.4f}, val loss {stats['val_loss']:.4f}, "
-        f"val mean AUC {auc if auc is None else round(auc, 4)}{' (best)' if improved else ''}, "
-        f"{stats['images_per_s']:.1f} img/s")
+    times = [h["epoch_s"] for h in state["history"] if "epoch_s" in h]
+    eta = sum(times) / len(times) * (epochs - 1 - stats["epoch"]) / 60
+    log(f"epoch {stats['epoch'] + 1}/{epochs} {progress_bar(stats['epoch'] + 1, epochs)}: train loss "
+        f"{stats['train_loss']:.4f}, val loss {stats['val_loss']:.4f}, val mean AUC "
+        f"{auc if auc is None else round(auc, 4)}{' (best)' if improved else ''}, {stats['images_per_s']:.1f} img/s, "
+        f"ETA {eta:.1f} min")
     if dist.is_main:
         if improved:
             state["best"] = {"epoch": stats["epoch"], "val_mean_auc": auc}
@@ -139,6 +144,11 @@ def _end_epoch(out: Path, stats: dict, state: dict, model, optimizer, scheduler,
         # rewritten from the checkpoint's history after last.pt: a killed run never logs an epoch it will redo
         write_text_atomic("".join(json.dumps(h) + "\n" for h in state["history"]), out / "log.jsonl")
     distributed.barrier()
+
+
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
 def pretraining_facts(checkpoint: str | None) -> dict | None:

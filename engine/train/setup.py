@@ -62,7 +62,8 @@ def load_data(config: FinetuneConfig) -> RunData:
 
 
 def training_transform(config: FinetuneConfig, recipe: Recipe):
-    """The loader's per-image transform, or None when the batch is augmented on the device (or not at all)."""
+    """The loader's per-image transform (timm's, ending in uint8: BatchPreparer normalises on the device), or None
+    when the batch is augmented on the device (or not at all)."""
     train = config.train
     if train.augmentation == "timm":
         return timm_train_transform(config.model.input_size, recipe.mean, recipe.std, scale=train.crop_scale,
