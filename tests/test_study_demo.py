@@ -68,7 +68,7 @@ def test_reduced_demo_runs_end_to_end_and_resumes_after_a_kill(tmp_path):
     assert summary.count(" skipped ") >= done_before - 1 and "failed" not in summary.split("\n")[-1]
     store = tmp_path / "store"
     runs = sorted(p.name for p in (store / "runs").iterdir())
-    assert len(runs) == 9  # 4 slots x standard / balanced + 1 linear probe
+    assert len(runs) == 10  # 4 slots x standard / balanced + linear probes of the first slot (both sets)
     info = json.loads((store / "runs" / "medical-mae-standard-s0" / "run.json").read_text())
     assert info["domain"] == "medical" and info["pretraining_data"] == "synthetic CheXpert"
     assert info["pretraining_epochs"] == 2 and info["synthetic"] is True
