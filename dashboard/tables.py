@@ -143,7 +143,10 @@ def published_rows(reference: pl.DataFrame, runs: pl.DataFrame, summary: pl.Data
                 continue
             info = mine.row(0, named=True)
             reproduced = info["mean_auc_pts"] if attribute == "all" else info["fairness_gap_pts"]
-            marker = row["value"] if attribute == "all" else info["c_pts"] - row["value"]
+            if attribute == "all":
+                marker = row["value"]
+            else:  # C is undefined when no compared run has a defined gap: no place for the marker on that axis
+                marker = None if info["c_pts"] is None else info["c_pts"] - row["value"]
             out.append({"table": row["table"], "row": row["row"], "run_id": run_id, "metric": row["metric"],
                         "published": row["value"], "reproduced": reproduced,
                         "panel": AUC_PANEL if attribute == "all" else score_panel(attribute), "marker": marker})

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
+from test_dashboard_app import PAGES, open_app
 
 from engine.config import config_hash, from_dict
 from engine.recipes import FinetuneConfig
@@ -45,3 +47,10 @@ def test_shipped_demo_store_is_read_by_the_metrics_layer():
     assert overall["auc"].drop_nulls().is_between(0.0, 1.0).all()
     summary = fairness_summary(view, run_ids=run_ids, eval_set="test", attributes=["sex", "race"])
     assert summary.height > 0
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_dashboard_pages_render_on_the_shipped_demo_store(monkeypatch, page):
+    at = open_app(STORE, monkeypatch, page)
+    assert not at.error, [e.value for e in at.error]
+    assert "SYNTHETIC" in " ".join(w.value for w in at.warning)
