@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,35 @@ def save_training_state(path: Path, *, model: torch.nn.Module, optimizer, schedu
 def load_training_state(path: Path) -> dict:
     """A checkpoint written by ``save_training_state`` (numpy RNG state needs the non-tensor allow-list)."""
     return torch.load(path, map_location="cpu", weights_only=False)  # our own file: it pickles RNG tuples
+
+
+def restore_training_state(path: Path, model, optimizer, scheduler, config_hash: str,
+                           log: Callable[[str], None]) -> dict | None:
+    """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; None when there is none yet.
+
+    A checkpoint of another config (hash) is refused: a resumed run must continue the same recipe.
+    """
+    if not path.is_file():
+        return None
+    saved = load_training_state(path)
+    if saved["config"].get("config_hash") != config_hash:
+        raise ValueError(f"{path} belongs to a different config (hash {saved['config'].get('config_hash')} vs "
+                         f"{config_hash}); use another out_dir or delete it")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    log(f"resuming after epoch {saved['epoch']} from {path}")
+    return saved
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """Deterministic kernels when asked (tests, resume checks); otherwise cuDNN autotuning and TF32 on GPUs."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        if torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True

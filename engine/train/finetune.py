@@ -21,7 +21,14 @@ from engine.data.io import atomic_path, write_json
 from engine.models.classifier import backbone_snapshot, check_backbone_unchanged
 from engine.recipes import FinetuneConfig
 from engine.train import distributed
-from engine.train.checkpoint import BEST, LAST, atomic_save, load_training_state, save_training_state, set_rng_state
+from engine.train.checkpoint import (
+    BEST,
+    LAST,
+    atomic_save,
+    configure_determinism,
+    restore_training_state,
+    save_training_state,
+)
 from engine.train.evaluate import gather_logits, masked_bce, validation_metrics
 from engine.train.loop import StepContext, autocast_for, check_interval, epoch_seed, train_one_epoch
 from engine.train.setup import (
@@ -41,15 +48,6 @@ def is_finished(config: FinetuneConfig) -> bool:
     """True when ``out_dir`` holds a finished run of exactly this config."""
     path = Path(config.out_dir) / SUMMARY
     return path.is_file() and json.loads(path.read_text()).get("config_hash") == config_hash(config)
-
-
-def configure_determinism(deterministic: bool) -> None:
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print) -> Path:
@@ -105,17 +103,9 @@ def _run(config, recipe, weights, data, dist, log) -> Path:
 
 def _resume(path: Path, model, optimizer, scheduler, config: FinetuneConfig, log) -> dict:
     """State of the last finished epoch from ``last.pt``, or a fresh state (epoch -1)."""
-    if not path.is_file():
+    saved = restore_training_state(path, model, optimizer, scheduler, config_hash(config), log)
+    if saved is None:
         return {"epoch": -1, "best": {"epoch": None, "val_mean_auc": None}, "history": [], "started": time.time()}
-    saved = load_training_state(path)
-    if saved["config"].get("config_hash") != config_hash(config):
-        raise ValueError(f"{path} belongs to a different config (hash {saved['config'].get('config_hash')} vs "
-                         f"{config_hash(config)}); use another out_dir or delete it")
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
-    log(f"resuming after epoch {saved['epoch']} from {path}")
     return {"epoch": saved["epoch"], "best": saved["best"], "history": saved["history"],
             "started": saved["config"].get("started", time.time())}
 

@@ -30,7 +30,13 @@ from engine.models.mae import build_mae
 from engine.models.moco import build_moco, momentum_at, sync_batchnorm
 from engine.pretrain_config import PretrainConfig, PretrainRecipe, resolve_pretrain
 from engine.train import distributed
-from engine.train.checkpoint import LAST, atomic_save, load_training_state, save_training_state, set_rng_state
+from engine.train.checkpoint import (
+    LAST,
+    atomic_save,
+    configure_determinism,
+    restore_training_state,
+    save_training_state,
+)
 from engine.train.data import make_loader, per_rank_batch
 from engine.train.loop import StepContext, autocast_for, epoch_seed, train_one_epoch
 from engine.train.pretrain_data import PoolData, PoolImages, ViewWarp, load_pool, pool_facts
@@ -60,17 +66,6 @@ def pretrain(config: PretrainConfig, *, log: Callable[[str], None] = print) -> P
         return _run(config, recipe, pool, dist, log if dist.is_main else (lambda _: None))
     finally:
         distributed.teardown()
-
-
-def configure_determinism(deterministic: bool) -> None:
-    """As the fine-tuning stage: deterministic kernels when asked, else cuDNN autotuning and TF32 on GPUs (this
-    module does not import engine.train.finetune, whose metrics stack costs a subprocess about 2 s to import)."""
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def build_model(config: PretrainConfig) -> torch.nn.Module:
@@ -179,17 +174,9 @@ def _run(config: PretrainConfig, recipe: PretrainRecipe, pool: PoolData, dist, l
 
 def _resume(path: Path, model, optimizer, scheduler, config: PretrainConfig, log) -> dict:
     """State of the last finished epoch from ``last.pt``, or a fresh state (epoch -1)."""
-    if not path.is_file():
+    saved = restore_training_state(path, model, optimizer, scheduler, config_hash(config), log)
+    if saved is None:
         return {"epoch": -1, "selected": None, "history": [], "started": time.time()}
-    saved = load_training_state(path)
-    if saved["config"].get("config_hash") != config_hash(config):
-        raise ValueError(f"{path} belongs to a different config (hash {saved['config'].get('config_hash')} vs "
-                         f"{config_hash(config)}); use another out_dir or delete it")
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
-    log(f"resuming after epoch {saved['epoch']} from {path}")
     return {"epoch": saved["epoch"], "selected": saved["best"], "history": saved["history"],
             "started": saved["config"].get("started", time.time())}
 
