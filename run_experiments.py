@@ -325,7 +325,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from engine.study.command import run_study
 
     status = run_study(args.config, overrides=args.set, dry_run=args.dry_run, force=args.force, only=args.only,
-                       launcher=args.launcher, slurm_cluster=args.slurm_cluster)
+                       launcher=args.launcher, slurm_cluster=args.slurm_cluster, parallel=args.parallel)
     if status:
         raise SystemExit(status)
 
@@ -339,6 +339,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="rerun the selected jobs even when up to date")
     p.add_argument("--only", metavar="PATTERN", help="comma-separated globs of job names, e.g. 'finetune-mae-*'")
     p.add_argument("--launcher", choices=["local", "torchrun", "slurm"], default="local")
+    p.add_argument("--parallel", type=int, metavar="N", help="local: run up to N independent jobs at a time "
+                                                             "(each in its own process; default: the config's)")
     p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # 'local' in tests (submitit)
     p.set_defaults(func=cmd_run)
 

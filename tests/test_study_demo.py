@@ -92,3 +92,20 @@ def test_slurm_launcher_through_submitit_local_executor(tmp_path):
     assert list((tmp_path / "work" / "slurm").glob("*_submission.sh")) or list((tmp_path / "work" / "slurm").iterdir())
     manifest = json.loads((tmp_path / "work" / "jobs" / "second" / "manifest.json").read_text())
     assert manifest["launcher"] == "slurm"
+
+
+@pytest.mark.parametrize("kind, nodes, tasks, gpus", [("pretrain", 2, 8, 8), ("train", 1, 8, 8), ("data", 1, 1, None)])
+def test_slurm_batch_script_asks_for_the_right_resources(tmp_path, monkeypatch, kind, nodes, tasks, gpus):
+    from engine.study.launchers import slurm_executor
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit only checks that srun exists
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    executor = slurm_executor(tmp_path / "slurm", kind=kind, gpus=8, cluster="slurm", partition="gpu",
+                              pretrain_nodes=2)
+    script = executor._executor._make_submission_file_text("python job.py", "uid")
+    assert f"#SBATCH --nodes={nodes}" in script and f"#SBATCH --ntasks-per-node={tasks}" in script
+    assert "#SBATCH --partition=gpu" in script
+    assert (f"#SBATCH --gpus-per-node={gpus}" in script) if gpus else "gpus-per-node" not in script

@@ -132,3 +132,16 @@ def test_demo_config_plans_at_least_eight_runs_with_probe():
     assert len(predicts) >= 8 and any(job.config["train"]["mode"] == "linear-probe" for job in predicts)
     assert missing_inputs(study) == []
     assert "53 jobs" in plan_table(jobs) or "jobs," in plan_table(jobs)
+
+
+def test_local_parallel_runs_independent_jobs_in_processes(tmp_path):
+    jobs = [Job(name, "synth", ["synth", "weights", "--out", str(tmp_path / name), "--seed", str(i)])
+            for i, name in enumerate(("left", "right"))]
+    jobs.append(Job("after", "synth", ["synth", "weights", "--out", str(tmp_path / "after")], ("left", "right")))
+    assign_hashes(jobs)
+    lines: list[str] = []
+    outcomes = run_plan(jobs, work_dir=str(tmp_path / "work"), parallel=2, echo=lines.append)
+    assert [o.status for o in outcomes] == ["done", "done", "done"]
+    starts = [line for line in lines if line.startswith("->")]
+    assert starts[0].startswith("-> left") and starts[1].startswith("-> right")  # one wave, started together
+    assert all((tmp_path / name / "demo_weights.json").is_file() for name in ("left", "right", "after"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config import ConfigError, load_config
+from engine.config import ConfigError, load_config, to_dict
 from engine.models.registry import get_spec
 from engine.provenance import code_version
 from engine.study.config import Study
@@ -61,7 +61,8 @@ def plan_table(jobs: list[Job]) -> str:
 
 
 def run_study(path: str | Path, *, overrides: list[str] = (), dry_run: bool = False, force: bool = False,
-              only: str | None = None, launcher: str = "local", slurm_cluster: str | None = None) -> int:
+              only: str | None = None, launcher: str = "local", slurm_cluster: str | None = None,
+              parallel: int | None = None) -> int:
     """Exit status 0 when every selected job is done or skipped, 1 when any failed or was blocked."""
     from engine.study.runner import run_plan, select
 
@@ -76,5 +77,6 @@ def run_study(path: str | Path, *, overrides: list[str] = (), dry_run: bool = Fa
     if missing:
         raise ConfigError("input files missing:\n  " + "\n  ".join(missing), file=path)
     outcomes = run_plan(jobs, work_dir=study.work_dir, launcher=launcher, only=only, force=force,
-                        gpus=study.gpus_per_job, code_version=code_version(), slurm_cluster=slurm_cluster)
+                        gpus=study.gpus_per_job, code_version=code_version(), slurm_cluster=slurm_cluster,
+                        parallel=parallel or study.parallel, slurm=to_dict(study.slurm))
     return 1 if any(o.status in ("failed", "blocked") for o in outcomes) else 0

@@ -83,6 +83,16 @@ class Report:
 
 
 @dataclass(frozen=True)
+class Slurm:
+    """submitit / SLURM parameters of ``--launcher slurm``."""
+
+    partition: str | None = None
+    timeout_min: int = 24 * 60  # per job
+    pretrain_nodes: int = 1  # nodes per pre-training job (gpus_per_job GPUs each); fine-tunes use one node
+    cpus_per_task: int = 8  # loader workers of one GPU process
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     work_dir: str  # every job's outputs, logs and manifests
@@ -92,6 +102,8 @@ class Study:
     cohort: Cohort = field(default_factory=Cohort)
     seeds: tuple[int, ...] = (0,)
     gpus_per_job: int = 1  # processes per training job under --launcher torchrun / slurm
+    parallel: int = 1  # --launcher local: jobs at a time (each in its own process when > 1)
+    slurm: Slurm = field(default_factory=Slurm)
     finetune_defaults: dict[str, Any] = field(default_factory=dict)  # dotted keys applied to every fine-tune
     pretrain_defaults: dict[str, Any] = field(default_factory=dict)  # applied to every pre-training
     pretrain: tuple[PretrainJob, ...] = ()
@@ -126,6 +138,9 @@ def check_study(study: Study) -> None:
                 raise ConfigError(f"must be a non-empty subset of {', '.join(allowed)}", key=f"{where}.{key}")
     if not study.seeds:
         raise ConfigError("at least one seed", key="seeds")
+    for key in ("gpus_per_job", "parallel"):
+        if getattr(study, key) < 1:
+            raise ConfigError("must be at least 1", key=key)
 
 
 def _unique(names: list[str], key: str) -> None:

@@ -75,14 +75,21 @@ def slurm_task(argv: list[str], log: str) -> None:
     run_in_process(argv, Path(log) if env.global_rank == 0 else Path(f"{log}.rank{env.global_rank}"))
 
 
-def slurm_executor(folder: Path, *, cluster: str | None, training: bool, gpus: int, timeout_min: int):
-    """A submitit executor for one job kind (``cluster='local'`` for tests, None = auto-detect SLURM)."""
+def slurm_executor(folder: Path, *, kind: str, gpus: int, cluster: str | None = None, partition: str | None = None,
+                   timeout_min: int = 24 * 60, pretrain_nodes: int = 1, cpus_per_task: int = 8):
+    """A submitit executor for one kind of job: ``data`` (one task), ``train`` (one node, one task per GPU) or
+    ``pretrain`` (``pretrain_nodes`` nodes of ``gpus`` GPUs). ``cluster='local'`` runs the same path on this machine
+    (tests); None lets submitit detect SLURM."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    tasks = gpus if training else 1
-    params = {"timeout_min": timeout_min, "tasks_per_node": tasks, "nodes": 1}
-    if training and executor.cluster == "slurm":
-        params |= {"gpus_per_node": gpus, "cpus_per_task": 8}
+    training = kind != "data"
+    params = {"timeout_min": timeout_min, "nodes": pretrain_nodes if kind == "pretrain" else 1,
+              "tasks_per_node": gpus if training else 1}
+    if executor.cluster == "slurm":
+        params |= {"cpus_per_task": cpus_per_task, **({"gpus_per_node": gpus} if training else {}),
+                   **({"slurm_partition": partition} if partition else {})}
+    elif executor.cluster == "local":
+        params["nodes"] = 1  # the local executor runs one node
     executor.update_parameters(**params)
     return executor
