@@ -134,7 +134,6 @@ def engine_rate(config: FinetuneConfig, dist: Dist) -> float:
 @torch.no_grad()
 def predict_rates(config: FinetuneConfig, dist: Dist, n_batches: int = 10) -> tuple[float, float]:
     """Images/s of a bare eval forward on device tensors vs the engine's scoring path (loader, crop, gather)."""
-    from engine.train.data import CachedImages
     from engine.train.predict import score_table
 
     recipe = resolve_recipe(config)
@@ -152,11 +151,10 @@ def predict_rates(config: FinetuneConfig, dist: Dist, n_batches: int = 10) -> tu
     sync(dist.device)
     raw = n_batches * batch / (time.perf_counter() - start)
     data = load_data(config)
-    images = CachedImages(data.cache, data.train)
-    score_table(model, images, config, recipe, dist)  # warm-up (workers)
+    score_table(model, data.cache, data.train, config, recipe, dist)  # warm-up (workers, device copy)
     start = time.perf_counter()
-    score_table(model, images, config, recipe, dist)
-    return raw, len(images) / (time.perf_counter() - start)
+    score_table(model, data.cache, data.train, config, recipe, dist)
+    return raw, len(data.train) / (time.perf_counter() - start)
 
 
 def main() -> None:

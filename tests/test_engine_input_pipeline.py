@@ -150,3 +150,40 @@ def test_uint8_timm_transform_gives_the_float_path_model_input(images, workers):
     assert new_batches[0][0].dtype == torch.uint8 and new_batches[0][0].shape == (4, 3, INPUT, INPUT)
     assert old_batches[0][0].dtype == torch.float32
     assert_same_batches([prepare(b, 0) for b in new_batches], [prepare(b, 0) for b in old_batches])
+
+
+@pytest.mark.parametrize("rank,world", [(0, 1), (0, 2), (1, 2)])
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_device_resident_batches_equal_the_loader(images, rank, world, shuffle, drop_last):
+    from engine.train.device_batches import DeviceBatches
+
+    cache, table = images
+    options = {"batch_size": 4, "rank": rank, "world": world, "shuffle": shuffle, "seed": 7, "drop_last": drop_last}
+    resident = DeviceBatches(cache, table, device=torch.device("cpu"), **options)
+    loader = make_loader(CachedImages(cache, table), workers=0, pin_memory=False, **options)
+    assert len(resident) == len(loader)
+    assert_same_batches(epochs_of(resident), epochs_of(loader))
+
+
+def test_device_residence_is_never_chosen_on_cpu_and_trains_identically(images, monkeypatch, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from engine_fixtures import build_tiny_cohort, tiny_config
+
+    import engine.train.setup as setup
+    from engine.train.device_batches import fits_on_device
+    from engine.train.finetune import finetune
+
+    assert not fits_on_device(1, torch.device("cpu"))
+    paths = build_tiny_cohort(tmp_path / "cohort")
+    weights = {}
+    for resident in (False, True):
+        monkeypatch.setattr(setup, "fits_on_device", lambda n, device, r=resident: r)
+        config = tiny_config(paths, tmp_path / f"run-{resident}", train={"augmentation": "batched", "epochs": 1,
+                                                                        "deterministic": True})
+        finetune(config, log=lambda _: None)
+        weights[resident] = torch.load(tmp_path / f"run-{resident}" / "tiny" / "last.pt", weights_only=False)["model"]
+    for key, value in weights[False].items():
+        assert torch.equal(value, weights[True][key]), key

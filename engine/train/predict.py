@@ -28,12 +28,11 @@ from engine.provenance import code_version
 from engine.recipes import FinetuneConfig, Recipe, resolve_recipe
 from engine.train import distributed
 from engine.train.checkpoint import BEST
-from engine.train.data import CachedImages, make_loader
 from engine.train.evaluate import gather_logits
 from engine.train.finetune import SUMMARY, is_finished
 from engine.train.loop import autocast_for
-from engine.train.setup import make_preparer
-from engine.train.split_table import read_cohort_for_training, split_table
+from engine.train.setup import make_batches, make_preparer
+from engine.train.split_table import SplitTable, read_cohort_for_training, split_table
 
 
 def predict(config: FinetuneConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Path | None:
@@ -51,7 +50,7 @@ def predict(config: FinetuneConfig, *, force: bool = False, log: Callable[[str],
         frames = []
         for split in config.data.predict_splits:
             table = split_table(cohort, split, config.data.evaluation_label_policy, max_images=config.data.max_images)
-            logits = score_table(model, CachedImages(cache, table), config, recipe, dist)
+            logits = score_table(model, cache, table, config, recipe, dist)
             frames.append(_long_frame(split, table.image_ids, table.targets, logits))
             log(f"{config.run_id}: scored {len(table):,} {split} images")
         if not dist.is_main:
@@ -63,14 +62,13 @@ def predict(config: FinetuneConfig, *, force: bool = False, log: Callable[[str],
         distributed.teardown()
 
 
-def score_table(model: torch.nn.Module, images: CachedImages, config: FinetuneConfig, recipe: Recipe,
+def score_table(model: torch.nn.Module, cache, table: SplitTable, config: FinetuneConfig, recipe: Recipe,
                 dist: distributed.Dist) -> np.ndarray:
-    """Logits [N, 14] of every image of ``images``, each rank scoring its share."""
-    loader = make_loader(images, batch_size=max(1, config.train.eval_batch_size // dist.world), rank=dist.rank,
-                         world=dist.world, shuffle=False, seed=0, workers=config.data.workers, drop_last=False,
-                         pin_memory=dist.device.type == "cuda")
+    """Logits [N, 14] of every image of ``table``, each rank scoring its share."""
+    batches = make_batches(cache, table, None, batch_size=max(1, config.train.eval_batch_size // dist.world),
+                           shuffle=False, drop_last=False, seed=0, workers=config.data.workers, dist=dist)
     prepare = make_preparer(config, recipe, dist, training=False)
-    return gather_logits(model, loader, prepare, autocast_for(dist.device, config.train.precision), len(images))
+    return gather_logits(model, batches, prepare, autocast_for(dist.device, config.train.precision), len(table))
 
 
 def _open_cache(config: FinetuneConfig):

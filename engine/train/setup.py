@@ -23,6 +23,7 @@ from engine.models.weights import LoadReport, require_weights_file
 from engine.recipes import FinetuneConfig, Recipe, check_policies, resolve_recipe
 from engine.train.batches import BatchPreparer
 from engine.train.data import CachedImages, make_loader, per_rank_batch, timm_train_transform
+from engine.train.device_batches import DeviceBatches, fits_on_device, split_bytes
 from engine.train.distributed import Dist
 from engine.train.split_table import SplitTable, read_cohort_for_training, split_table
 
@@ -82,21 +83,28 @@ def batch_augment(config: FinetuneConfig, recipe: Recipe):
                         randaugment=recipe.randaugment, mean=recipe.mean, std=recipe.std)
 
 
+def make_batches(cache, table, transform, *, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
+                 workers: int, dist: Dist):
+    """Batches of one split for this rank: gathered on the GPU from a resident copy when no per-image CPU transform
+    is needed and the split fits (engine/train/device_batches.py), else a DataLoader over the cache."""
+    common = {"batch_size": batch_size, "rank": dist.rank, "world": dist.world, "shuffle": shuffle, "seed": seed,
+              "drop_last": drop_last}
+    if transform is None and fits_on_device(split_bytes(cache, table), dist.device):
+        return DeviceBatches(cache, table, device=dist.device, **common)
+    return make_loader(CachedImages(cache, table, transform=transform, seed=seed), workers=workers,
+                       pin_memory=dist.device.type == "cuda", **common)
+
+
 def make_loaders(config: FinetuneConfig, recipe: Recipe, data: RunData, dist: Dist):
-    """(train loader, validation loader, train steps per epoch) for this rank."""
-    train_set = CachedImages(data.cache, data.train, transform=training_transform(config, recipe),
-                             seed=config.train.seed)
-    val_set = CachedImages(data.cache, data.validate)
-    batch = per_rank_batch(recipe.batch_size, dist.world)
-    pin = dist.device.type == "cuda"
-    common = {"rank": dist.rank, "world": dist.world, "seed": config.train.seed, "workers": config.data.workers,
-              "pin_memory": pin}
-    train_loader = make_loader(train_set, batch_size=batch, shuffle=True, drop_last=True, **common)
-    val_loader = make_loader(val_set, batch_size=max(1, config.train.eval_batch_size // dist.world), shuffle=False,
-                             drop_last=False, **common)
+    """(train batches, validation batches, train steps per epoch) for this rank."""
+    common = {"seed": config.train.seed, "workers": config.data.workers, "dist": dist}
+    train_loader = make_batches(data.cache, data.train, training_transform(config, recipe), shuffle=True,
+                                drop_last=True, batch_size=per_rank_batch(recipe.batch_size, dist.world), **common)
+    val_loader = make_batches(data.cache, data.validate, None, shuffle=False, drop_last=False,
+                              batch_size=max(1, config.train.eval_batch_size // dist.world), **common)
     steps = len(train_loader)
     if steps == 0:
-        raise ValueError(f"global batch {recipe.batch_size} is larger than the training set ({len(train_set)} "
+        raise ValueError(f"global batch {recipe.batch_size} is larger than the training set ({len(data.train)} "
                          "images); lower train.batch_size")
     if config.train.steps_per_epoch is not None:
         steps = min(steps, config.train.steps_per_epoch)
