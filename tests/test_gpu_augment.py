@@ -21,6 +21,7 @@ from timm.data import auto_augment as aa  # noqa: E402
 from timm.data.transforms import RandomResizedCropAndInterpolation  # noqa: E402
 from torchvision.transforms import InterpolationMode  # noqa: E402
 
+from engine.train import gpu_augment_colour as colour  # noqa: E402
 from engine.train import gpu_augment_ops as ops  # noqa: E402
 from engine.train.gpu_augment import (  # noqa: E402
     GEOMETRIC,
@@ -81,7 +82,7 @@ PIXEL_CASES = [
 def test_pixel_op_matches_timm(colour_batch, name, arg):
     pils, batch = colour_batch
     ref = to_batch([getattr(aa, name)(p, *(() if arg is None else (arg,))) for p in pils])
-    fn = getattr(ops, name)
+    fn = getattr(colour, name)
     args = () if arg is None else (torch.full((len(pils),), arg, dtype=torch.float64),)
     assert_same(fn(batch, *args), ref)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.train import gpu_augment_colour as colour
 from engine.train import gpu_augment_ops as ops
 
 LEVEL_DENOM = 10.0  # timm auto_augment._LEVEL_DENOM
@@ -37,12 +38,13 @@ RAND_TRANSFORMS = (
 )
 GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 PIXEL_OPS = {  # timm auto_augment.NAME_TO_OP -> batched op taking (images, argument)
-    "AutoContrast": lambda x, _: ops.auto_contrast(x), "Equalize": lambda x, _: ops.equalize(x),
-    "Invert": lambda x, _: ops.invert(x), "Posterize": ops.posterize, "PosterizeIncreasing": ops.posterize,
-    "Solarize": ops.solarize, "SolarizeIncreasing": ops.solarize, "SolarizeAdd": ops.solarize_add,
-    "Color": ops.color, "ColorIncreasing": ops.color, "Contrast": ops.contrast, "ContrastIncreasing": ops.contrast,
-    "Brightness": ops.brightness, "BrightnessIncreasing": ops.brightness, "Sharpness": ops.sharpness,
-    "SharpnessIncreasing": ops.sharpness,
+    "AutoContrast": lambda x, _: colour.auto_contrast(x), "Equalize": lambda x, _: colour.equalize(x),
+    "Invert": lambda x, _: colour.invert(x), "Posterize": colour.posterize, "PosterizeIncreasing": colour.posterize,
+    "Solarize": colour.solarize, "SolarizeIncreasing": colour.solarize, "SolarizeAdd": colour.solarize_add,
+    "Color": colour.color, "ColorIncreasing": colour.color, "Contrast": colour.contrast,
+    "ContrastIncreasing": colour.contrast,
+    "Brightness": colour.brightness, "BrightnessIncreasing": colour.brightness, "Sharpness": colour.sharpness,
+    "SharpnessIncreasing": colour.sharpness,
 }
 
 
