@@ -12,7 +12,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard import data, export
-from dashboard.context import Filters
+from dashboard.context import Filters, current_filters
 from dashboard.tables import UNDEFINED
 
 DEMO_COMMAND = "python -m dashboard.demo_store --out demo/store"
@@ -33,6 +33,15 @@ def empty_state(store: str) -> None:
         "- Your own results: `python run_experiments.py import --store STORE --run-id NAME --predictions FILE ...` "
         "(or this app's *Data* page) imports a model's predictions into a store; `python run_experiments.py "
         "--help` lists the pipeline stages.")
+
+
+def open_page(title: str, caption: str) -> tuple[Filters, pl.DataFrame]:
+    """Title and caption of a page, its filters, and the store's runs; stops (saying what to run) without a store."""
+    st.title(title)
+    st.caption(caption)
+    filters = current_filters()
+    require_store(filters)
+    return filters, data.runs_table(filters.store, filters.fingerprint)
 
 
 def require_store(filters: Filters) -> None:

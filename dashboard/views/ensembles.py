@@ -11,7 +11,6 @@ import streamlit as st
 from dashboard import charts_studies as charts
 from dashboard import data, state, widgets
 from dashboard import data_studies as ds
-from dashboard.context import current_filters
 from engine.metrics import analysis, queries
 
 KEY = "ensembles"
@@ -58,14 +57,13 @@ def remove_ensemble(encoded: str) -> None:
     ss[state.CUSTOM_ENSEMBLES] = [e for e in ss.get(state.CUSTOM_ENSEMBLES) or [] if e != encoded]
 
 
-st.title("Foundation model ensembles")
-st.caption("Paper Table 3 and section 4.5: ensembles of fine-tuned foundation models. Members' scores are combined "
-           "per image and pathology (mean probability unless chosen otherwise; the paper does not say which rule "
-           "it used), and the ensemble is then scored like any run.")
-filters = current_filters()
-widgets.require_store(filters)
+filters, runs = widgets.open_page(
+    "Foundation model ensembles",
+    "Paper Table 3 and section 4.5: ensembles of fine-tuned foundation models. Members' scores are combined "
+    "per image and pathology (mean probability unless chosen otherwise; the paper does not say which rule "
+    "it used), and the ensemble is then scored like any run.",
+)
 store, fp = filters.store, filters.fingerprint
-runs = data.runs_table(store, fp)
 attributes = ds.analysis_attributes(filters.attributes, data.attributes(store, fp))
 n_boot = ds.N_BOOT if filters.show_ci else 0
 

@@ -12,20 +12,18 @@ import streamlit as st
 from dashboard import charts_studies as charts
 from dashboard import data, widgets
 from dashboard import data_studies as ds
-from dashboard.context import current_filters
 from engine.metrics import analysis
 
 KEY = "finetuning"
 MODES = {"linear-probe": "linear probe", "finetune": "end-to-end fine-tuning"}
 
-st.title("Linear probing and end-to-end fine-tuning")
-st.caption("Paper Appendix D, Table 6: the same foundation model adapted with a linear head on frozen features "
-           "(linear probe) or fully fine-tuned. The paper reports that fine-tuning improves both AUC and fairness. "
-           "Hatched bars: the paper's printed values (data/paper_reference.csv).")
-filters = current_filters()
-widgets.require_store(filters)
+filters, runs = widgets.open_page(
+    "Linear probing and end-to-end fine-tuning",
+    "Paper Appendix D, Table 6: the same foundation model adapted with a linear head on frozen features "
+    "(linear probe) or fully fine-tuned. The paper reports that fine-tuning improves both AUC and fairness. "
+    "Hatched bars: the paper's printed values (data/paper_reference.csv).",
+)
 store, fp = filters.store, filters.fingerprint
-runs = data.runs_table(store, fp)
 attributes = ds.analysis_attributes(filters.attributes, data.attributes(store, fp))
 balancings = ("standard", "balanced") if filters.balancing == "both" else (filters.balancing,)
 if filters.pathology != "mean":

@@ -14,7 +14,6 @@ import streamlit as st
 from dashboard import charts_studies as charts
 from dashboard import data, widgets
 from dashboard import data_studies as ds
-from dashboard.context import current_filters
 
 KEY = "pretraining"
 
@@ -51,14 +50,13 @@ def sort_key(study: str, run: dict) -> float | None:
     return {"epochs": run["pretraining_epochs"], "fraction": run["pretraining_fraction"]}.get(study)
 
 
-st.title("Amount of medical pre-training")
-st.caption("Paper section 4.2 and Appendix C: MAE pre-trained on chest X-rays with more data, more epochs or a "
-           "larger fraction of the data, then fine-tuned. The paper reports higher AUC and smaller gaps with more "
-           "pre-training. Hatched bars: the paper's printed values (data/paper_reference.csv).")
-filters = current_filters()
-widgets.require_store(filters)
+filters, runs = widgets.open_page(
+    "Amount of medical pre-training",
+    "Paper section 4.2 and Appendix C: MAE pre-trained on chest X-rays with more data, more epochs or a "
+    "larger fraction of the data, then fine-tuned. The paper reports higher AUC and smaller gaps with more "
+    "pre-training. Hatched bars: the paper's printed values (data/paper_reference.csv).",
+)
 store, fp = filters.store, filters.fingerprint
-runs = data.runs_table(store, fp)
 attributes = ds.analysis_attributes(filters.attributes, data.attributes(store, fp))
 
 choice = st.radio("Study", list(STUDIES), key=f"{KEY}.study", horizontal=True,

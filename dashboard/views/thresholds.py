@@ -13,7 +13,6 @@ import streamlit as st
 from dashboard import charts_studies as charts
 from dashboard import data, widgets
 from dashboard import data_studies as ds
-from dashboard.context import current_filters
 from engine.data.schema import PATHOLOGIES
 from engine.metrics import analysis
 
@@ -24,14 +23,13 @@ SELECTION = {"validate": "validation split (default)", "test": "test split — o
                                                                 "labels"}
 NO_FINDING = "No Finding"
 
-st.title("Threshold metrics")
-st.caption("Rates at a decision threshold (a score ≥ threshold is positive), per subgroup. Undefined rates (no "
-           "positives or no negatives in a subgroup, or no threshold on the selection set) are written as "
-           "undefined, never 0.")
-filters = current_filters()
-widgets.require_store(filters)
+filters, runs = widgets.open_page(
+    "Threshold metrics",
+    "Rates at a decision threshold (a score ≥ threshold is positive), per subgroup. Undefined rates (no "
+    "positives or no negatives in a subgroup, or no threshold on the selection set) are written as "
+    "undefined, never 0.",
+)
 store, fp = filters.store, filters.fingerprint
-runs = data.runs_table(store, fp)
 store_runs = runs["run_id"].to_list()
 attributes = tuple(filters.attributes)
 eval_sets = data.eval_sets(store, fp)

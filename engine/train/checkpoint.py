@@ -7,6 +7,7 @@ checkpoints). ``last.pt`` is replaced every epoch; ``best.pt`` (weights only) wh
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from engine.data.io import atomic_path
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -83,6 +86,19 @@ def restore_training_state(path: Path, model, optimizer, scheduler, config_hash:
     set_rng_state(saved["rng"])
     log(f"resuming after epoch {saved['epoch']} from {path}")
     return saved
+
+
+def write_epoch_log(history: list[dict], path: Path) -> None:
+    """``log.jsonl`` (one line per finished epoch) rewritten from the checkpoint's history, atomically. Called after
+    ``last.pt`` is written, so a killed run never logs an epoch it will redo."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+
+
+def is_done(out_dir: str | Path, summary: str, config_hash: str) -> bool:
+    """True when ``out_dir`` holds the summary (done marker) of a finished run with exactly this config hash."""
+    path = Path(out_dir) / summary
+    return path.is_file() and json.loads(path.read_text()).get("config_hash") == config_hash
 
 
 def configure_determinism(deterministic: bool) -> None:

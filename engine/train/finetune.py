@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from engine.config import config_hash, save_resolved, to_dict
-from engine.data.io import atomic_path, write_json
+from engine.data.io import write_json
 from engine.models.classifier import backbone_snapshot, check_backbone_unchanged
 from engine.recipes import FinetuneConfig
 from engine.train import distributed
@@ -26,8 +26,10 @@ from engine.train.checkpoint import (
     LAST,
     atomic_save,
     configure_determinism,
+    is_done,
     restore_training_state,
     save_training_state,
+    write_epoch_log,
 )
 from engine.train.evaluate import gather_logits, masked_bce, validation_metrics
 from engine.train.loop import StepContext, autocast_for, check_interval, epoch_seed, train_one_epoch
@@ -46,8 +48,7 @@ SUMMARY = "finetune.json"
 
 def is_finished(config: FinetuneConfig) -> bool:
     """True when ``out_dir`` holds a finished run of exactly this config."""
-    path = Path(config.out_dir) / SUMMARY
-    return path.is_file() and json.loads(path.read_text()).get("config_hash") == config_hash(config)
+    return is_done(config.out_dir, SUMMARY, config_hash(config))
 
 
 def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print) -> Path:
@@ -131,8 +132,7 @@ def _end_epoch(out: Path, stats: dict, state: dict, model, optimizer, scheduler,
         meta = {"config_hash": config_hash(config), "started": state["started"], **to_dict(config)}
         save_training_state(out / LAST, model=model, optimizer=optimizer, scheduler=scheduler, scaler=None,
                             epoch=stats["epoch"], best=state["best"], history=state["history"], config=meta)
-        # rewritten from the checkpoint's history after last.pt: a killed run never logs an epoch it will redo
-        write_text_atomic("".join(json.dumps(h) + "\n" for h in state["history"]), out / "log.jsonl")
+        write_epoch_log(state["history"], out / "log.jsonl")
     distributed.barrier()
 
 
@@ -147,11 +147,6 @@ def pretraining_facts(checkpoint: str | None) -> dict | None:
         return None
     sidecar = Path(checkpoint).with_name("pretraining.json")
     return json.loads(sidecar.read_text()) if sidecar.is_file() else None
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def _write_summary(out: Path, config, recipe, data, report, state) -> None:

@@ -12,7 +12,6 @@ Selection (paper): the epoch with the lowest mean training loss among the final 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -34,8 +33,10 @@ from engine.train.checkpoint import (
     LAST,
     atomic_save,
     configure_determinism,
+    is_done,
     restore_training_state,
     save_training_state,
+    write_epoch_log,
 )
 from engine.train.data import make_loader, per_rank_batch
 from engine.train.loop import StepContext, autocast_for, epoch_seed, train_one_epoch
@@ -47,8 +48,7 @@ SUMMARY, ENCODER, FACTS, SNAPSHOTS = "pretrain.json", "encoder.pth", "pretrainin
 
 def is_finished(config: PretrainConfig) -> bool:
     """True when ``out_dir`` holds a finished run of exactly this config."""
-    path = Path(config.out_dir) / SUMMARY
-    return path.is_file() and json.loads(path.read_text()).get("config_hash") == config_hash(config)
+    return is_done(config.out_dir, SUMMARY, config_hash(config))
 
 
 def pretrain(config: PretrainConfig, *, log: Callable[[str], None] = print) -> Path:
@@ -216,8 +216,7 @@ def _end_epoch(out: Path, stats: dict, state: dict, run: Training, config, recip
         for path in (out / SNAPSHOTS).glob("encoder-epoch-*.pth"):
             if path != snapshot_path(out, keep if keep is not None else -1):
                 path.unlink()  # the minimum over a growing window never returns to an epoch it passed over
-        with atomic_path(out / "log.jsonl") as tmp:  # rewritten after last.pt: never logs an epoch it will redo
-            tmp.write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
+        write_epoch_log(state["history"], out / "log.jsonl")
     distributed.barrier()
 
 
