@@ -25,7 +25,7 @@ print("ok", len(sys.argv) - 1)
 
 
 def torch_free_modules() -> list[str]:
-    modules = ["run_experiments"]
+    modules = ["run_experiments", "cli.data_commands", "cli.metrics_commands", "cli.engine_commands"]
     for info in pkgutil.walk_packages(engine.__path__, prefix="engine."):
         if not info.name.startswith(TORCH_PACKAGES):
             modules.append(info.name)
