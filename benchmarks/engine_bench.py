@@ -31,14 +31,14 @@ from engine.data.schema import PATHOLOGIES  # noqa: E402
 from engine.recipes import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, resolve_recipe  # noqa: E402
 from engine.train.distributed import Dist  # noqa: E402
 from engine.train.evaluate import masked_bce  # noqa: E402
-from engine.train.loop import StepContext, autocast_for, check_interval, train_one_epoch  # noqa: E402
+from engine.train.loop import autocast_for, train_one_epoch  # noqa: E402
 from engine.train.setup import (  # noqa: E402
     load_data,
     make_loaders,
     make_model,
     make_optimizer,
-    make_preparer,
     make_scheduler,
+    make_step_context,
 )
 
 
@@ -116,10 +116,7 @@ def engine_rate(config: FinetuneConfig, dist: Dist) -> float:
     model, bare, _ = make_model(config, recipe, None, dist)
     train_loader, _, steps = make_loaders(config, recipe, data, dist)
     optimizer = make_optimizer(bare, recipe, probe=False)
-    prepare = make_preparer(config, recipe, dist, training=True)
-    autocast = autocast_for(dist.device, config.train.precision)
-    ctx = StepContext(optimizer, make_scheduler(optimizer, recipe, steps), masked_bce, prepare, autocast, steps,
-                      check_every=check_interval(dist.device))
+    ctx = make_step_context(config, recipe, dist, optimizer, make_scheduler(optimizer, recipe, steps), steps, log=None)
     rate = 0.0
     for epoch in range(2):
         train_loader.sampler.set_epoch(epoch)

@@ -1,16 +1,20 @@
 """A tiny synthetic CheXpert-format cohort, its subsets and a 32 px image cache, built once per test session,
-and helpers that write fine-tuning configs for tiny timm models (ViT-Tiny at 32 px) on it."""
+helpers that write fine-tuning and pre-training configs for tiny timm models (ViT-Tiny at 32 px) on it, and the
+cohort as a two-dataset pre-training pool."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from engine.data.cache_stage import cache_images
+from engine.data.pools import POOL_COLUMNS, build_pool, write_pool
 from engine.data.prepare import prepare_chexpert
 from engine.data.subsets import build_subsets
 from engine.data.synth import write_synthetic_chexpert
+from engine.pretrain_config import MaeConfig, MocoConfig, PoolDataConfig, PretrainConfig, PretrainTrainConfig
 from engine.recipes import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
 
 CACHE_SIZE = 40
@@ -44,3 +48,28 @@ def tiny_config(paths: dict[str, Path], out: Path, *, name: str = "scratch-vit",
                 "precision": "fp32", "log_every": 0, **(train or {})}
     return FinetuneConfig(run_id=run_id, out_dir=str(out / run_id), store=str(out / "store"),
                           data=DataConfig(**data_kw), model=ModelConfig(**model_kw), train=TrainConfig(**train_kw))
+
+
+@pytest.fixture(scope="session")
+def tiny_pool(tiny_cohort, tmp_path_factory) -> dict:
+    """The tiny cohort as a two-dataset pool (patients split by parity into 'chexpert' and 'nih', one cache)."""
+    cohort = pl.read_parquet(tiny_cohort["cohort"]).select(POOL_COLUMNS)
+    odd = pl.col("patient_id").str.slice(-1).cast(pl.Int32) % 2 == 1
+    sources = [cohort.filter(~odd), cohort.filter(odd).with_columns(dataset=pl.lit("nih"))]
+    pool, report = build_pool(sources)
+    path = tmp_path_factory.mktemp("pool") / "pool.parquet"
+    write_pool(pool, report, path)
+    cache = str(tiny_cohort["cache"])
+    return {"pool": path, "caches": {"chexpert": cache, "nih": cache}, "height": pool.height}
+
+
+def tiny_pretrain_config(pool: dict, out: Path, method: str, *, train: dict | None = None,
+                         data: dict | None = None) -> PretrainConfig:
+    """ViT-Tiny at 32 px (4 patches), tiny decoder / heads, global batch 8, 3 epochs of 3 steps, window 2 epochs."""
+    train_kw = {"epochs": 3, "batch_size": 8, "steps_per_epoch": 3, "warmup_epochs": 1.0, "blr": 1e-3,
+                "precision": "fp32", "log_every": 0, "selection_window": 0.5, **(train or {})}
+    data_kw = {"pool": str(pool["pool"]), "caches": pool["caches"], "workers": 0, **(data or {})}
+    return PretrainConfig(run_id=f"tiny-{method}", method=method, out_dir=str(out), data=PoolDataConfig(**data_kw),
+                          architecture="vit_tiny_patch16_224", input_size=32,
+                          mae=MaeConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2),
+                          moco=MocoConfig(dim=16, mlp_dim=32), train=PretrainTrainConfig(**train_kw))

@@ -119,7 +119,7 @@ def test_balanced_training_uses_the_balanced_set(tiny_cohort, tmp_path):  # noqa
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cohort, tmp_path, monkeypatch):  # noqa: F811
-    import engine.train.finetune as stage
+    import engine.train.setup as stage
 
     calls = {"n": 0}
     real = stage.masked_bce

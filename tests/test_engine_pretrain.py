@@ -19,16 +19,16 @@ import pytest
 import timm
 import torch
 import yaml
-from engine_fixtures import tiny_cohort  # noqa: F401 (fixture)
+from engine_fixtures import tiny_cohort, tiny_pool  # noqa: F401 (fixtures)
+from engine_fixtures import tiny_pretrain_config as tiny_config
 
 from engine.config import to_dict
 from engine.data.errors import DataError
-from engine.data.pools import POOL_COLUMNS, build_pool, write_pool
 from engine.models.classifier import build_classifier
 from engine.models.mae import MaskedAutoencoder, build_mae
 from engine.models.moco import build_moco, momentum_at
 from engine.models.registry import get_spec
-from engine.pretrain_config import MaeConfig, MocoConfig, PoolDataConfig, PretrainConfig, PretrainTrainConfig
+from engine.pretrain_config import PretrainConfig
 from engine.pretrain_config import selection_epochs as window_size
 from engine.train import pretrain as stage
 from engine.train.loop import NonFiniteLossError
@@ -48,31 +48,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_pool(tiny_cohort, tmp_path_factory) -> dict:  # noqa: F811
-    """The tiny cohort as a two-dataset pool (patients split by parity into 'chexpert' and 'nih', one cache)."""
-    cohort = pl.read_parquet(tiny_cohort["cohort"]).select(POOL_COLUMNS)
-    odd = pl.col("patient_id").str.slice(-1).cast(pl.Int32) % 2 == 1
-    sources = [cohort.filter(~odd), cohort.filter(odd).with_columns(dataset=pl.lit("nih"))]
-    pool, report = build_pool(sources)
-    path = tmp_path_factory.mktemp("pool") / "pool.parquet"
-    write_pool(pool, report, path)
-    cache = str(tiny_cohort["cache"])
-    return {"pool": path, "caches": {"chexpert": cache, "nih": cache}, "height": pool.height}
-
-
-def tiny_config(pool: dict, out: Path, method: str, *, train: dict | None = None, data: dict | None = None
-                ) -> PretrainConfig:
-    """ViT-Tiny at 32 px (4 patches), tiny decoder / heads, global batch 8, 3 epochs of 3 steps, window 2 epochs."""
-    train_kw = {"epochs": 3, "batch_size": 8, "steps_per_epoch": 3, "warmup_epochs": 1.0, "blr": 1e-3,
-                "precision": "fp32", "log_every": 0, "selection_window": 0.5, **(train or {})}
-    data_kw = {"pool": str(pool["pool"]), "caches": pool["caches"], "workers": 0, **(data or {})}
-    return PretrainConfig(run_id=f"tiny-{method}", method=method, out_dir=str(out), data=PoolDataConfig(**data_kw),
-                          architecture="vit_tiny_patch16_224", input_size=32,
-                          mae=MaeConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2),
-                          moco=MocoConfig(dim=16, mlp_dim=32), train=PretrainTrainConfig(**train_kw))
 
 
 def fixed_batch(pool: dict, views: int, n: int = 8) -> torch.Tensor:
@@ -122,7 +97,7 @@ def test_mae_keeps_exactly_the_visible_fraction_chosen_by_a_random_permutation()
         MaskedAutoencoder(encoder, decoder_dim=32, decoder_depth=1, decoder_heads=2, mask_ratio=0.995)
 
 
-def test_mae_steps_reduce_the_loss_on_a_fixed_batch(tiny_pool):
+def test_mae_steps_reduce_the_loss_on_a_fixed_batch(tiny_pool):  # noqa: F811
     images = fixed_batch(tiny_pool, views=1)
     torch.manual_seed(0)
     model = build_mae("vit_tiny_patch16_224", 32, decoder_dim=32, decoder_depth=1, decoder_heads=2, mask_ratio=0.75,
@@ -133,7 +108,7 @@ def test_mae_steps_reduce_the_loss_on_a_fixed_batch(tiny_pool):
     assert not model.decoder_pos_embed.requires_grad and not model.encoder.pos_embed.requires_grad
 
 
-def test_moco_learns_while_its_momentum_encoder_gets_no_gradients_and_follows_the_ema(tiny_pool):
+def test_moco_learns_while_its_momentum_encoder_gets_no_gradients_and_follows_the_ema(tiny_pool):  # noqa: F811
     views = fixed_batch(tiny_pool, views=2)
     torch.manual_seed(0)
     model = build_moco("vit_tiny_patch16_224", 32, dim=16, mlp_dim=32, temperature=0.2, frozen_patch_projection=True)
@@ -169,8 +144,8 @@ def test_selection_rule_picks_the_lowest_loss_of_the_final_window():
 
 
 @pytest.mark.parametrize("method, spec", [("mae", "medical-mae"), ("moco-v3", "medical-moco-v3")])
-def test_pretrained_encoder_loads_into_fine_tuning_with_only_the_expected_missing_keys(tiny_pool, tmp_path, method,
-                                                                                        spec):
+def test_pretrained_encoder_loads_into_fine_tuning_with_only_the_expected_missing_keys(
+        tiny_pool, tmp_path, method, spec):  # noqa: F811
     config = tiny_config(tiny_pool, tmp_path / method, method)
     out = pretrain(config, log=lambda _: None)
     facts = json.loads((out / "pretraining.json").read_text())
@@ -198,7 +173,7 @@ def test_pretrained_encoder_loads_into_fine_tuning_with_only_the_expected_missin
     assert pretrain(config, log=lambda _: None) == out and time.perf_counter() - start < 2  # finished: no rerun
 
 
-def test_missing_pool_images_are_reported_before_training(tiny_pool, tmp_path):
+def test_missing_pool_images_are_reported_before_training(tiny_pool, tmp_path):  # noqa: F811
     pool = pl.read_parquet(tiny_pool["pool"])
     extra = pool.head(3).with_columns(pl.format("train/ghost{}.jpg", pl.int_range(3)).alias("image_id"))
     broken = tmp_path / "pool.parquet"
@@ -214,7 +189,7 @@ def test_missing_pool_images_are_reported_before_training(tiny_pool, tmp_path):
         pretrain(unmapped)
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_pool, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_pool, tmp_path, monkeypatch):  # noqa: F811
     real, calls = stage.loss_function, []
 
     def poisoned(method):
@@ -234,7 +209,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_p
     assert not (out / "encoder.pth").exists() and not (out / "pretrain.json").exists()
 
 
-def test_views_are_drawn_per_image_and_warped_like_crop_flip_rotate(tiny_pool):
+def test_views_are_drawn_per_image_and_warped_like_crop_flip_rotate(tiny_pool):  # noqa: F811
     pool = load_pool(tiny_config(tiny_pool, Path("unused"), "mae"))
     make = lambda: PoolImages(pool, views=2, mask_tokens=4, scale=(0.2, 1.0), ratio=(0.75, 4 / 3), hflip=0.5,  # noqa
                               rotation=7.0, seed=3)
@@ -295,7 +270,7 @@ def null_gradient_free(key: str, value: torch.Tensor, method: str) -> torch.Tens
 
 
 @pytest.mark.slow
-def test_run_killed_with_sigkill_resumes_to_an_identical_encoder(tiny_pool, tmp_path):
+def test_run_killed_with_sigkill_resumes_to_an_identical_encoder(tiny_pool, tmp_path):  # noqa: F811
     train = {"epochs": 6, "steps_per_epoch": 2, "deterministic": True}
     straight = tiny_config(tiny_pool, tmp_path / "a", "moco-v3", train=train)
     killed = tiny_config(tiny_pool, tmp_path / "b", "moco-v3", train=train)
@@ -317,7 +292,7 @@ def test_run_killed_with_sigkill_resumes_to_an_identical_encoder(tiny_pool, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["mae", "moco-v3"])
-def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_pool, tmp_path, method):
+def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_pool, tmp_path, method):  # noqa: F811
     one = tiny_config(tiny_pool, tmp_path / "one", method, train={"epochs": 2})
     two = tiny_config(tiny_pool, tmp_path / "two", method, train={"epochs": 2})
     pretrain(one, log=lambda _: None)

@@ -11,8 +11,10 @@ import torch
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def centre_crop_normalise(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
-    """uint8 [N, H, W] grey -> float [N, 3, size, size]: the centre crop of the cached square, /255, normalised.
+def centre_crop_normalise(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W] grey -> float [N, 3, size, size]: the centre crop of the cached square, /255, normalised by
+    ``mean`` and ``std`` [1, 3, 1, 1] (float32, on the images' device: made once, as a per-batch host-to-device
+    copy of them would make the host wait for the device).
 
     Equal to timm's eval transform (resize to the cache size, centre crop, ToTensor, Normalize) on a cache whose
     side is ``size / crop_pct``: Medical MAE's resize-256 + centre-crop-224 on a 256 px cache.
@@ -22,9 +24,7 @@ def centre_crop_normalise(images: torch.Tensor, size: int, mean, std) -> torch.T
         raise ValueError(f"cached images are {height}x{width}, smaller than the input size {size}")
     top, left = (height - size) // 2, (width - size) // 2
     crop = images[:, top:top + size, left:left + size].float().div_(255.0)
-    mean_t = torch.tensor(mean, device=images.device, dtype=crop.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=crop.dtype).view(1, 3, 1, 1)
-    return (crop.unsqueeze(1) - mean_t) / std_t  # [N, 3, S, S] (grey replicated by broadcasting)
+    return (crop.unsqueeze(1) - mean) / std  # [N, 3, S, S] (grey replicated by broadcasting)
 
 
 def normalisation_table(mean, std) -> torch.Tensor:
@@ -55,6 +55,8 @@ class BatchPreparer:
         self.device, self.size, self.mean, self.std = device, size, mean, std
         self.augment, self.channels_last = augment, channels_last
         self.table = normalisation_table(mean, std).to(device)
+        self.mean_t, self.std_t = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+                                   for v in (mean, std))
 
     def __call__(self, batch: Batch, step_seed: int | None = None) -> Batch:
         images, targets, indices = batch
@@ -66,7 +68,7 @@ class BatchPreparer:
                 generator = torch.Generator().manual_seed(step_seed)
                 images = self.augment(images, generator)
             else:
-                images = centre_crop_normalise(images, self.size, self.mean, self.std)
+                images = centre_crop_normalise(images, self.size, self.mean_t, self.std_t)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, targets.to(self.device, non_blocking=True), indices

@@ -31,8 +31,8 @@ from engine.train.checkpoint import (
     save_training_state,
     write_epoch_log,
 )
-from engine.train.evaluate import gather_logits, masked_bce, validation_metrics
-from engine.train.loop import StepContext, autocast_for, check_interval, epoch_seed, train_one_epoch
+from engine.train.evaluate import gather_logits, validation_metrics
+from engine.train.loop import epoch_seed, train_one_epoch
 from engine.train.setup import (
     check_inputs,
     load_data,
@@ -41,6 +41,7 @@ from engine.train.setup import (
     make_optimizer,
     make_preparer,
     make_scheduler,
+    make_step_context,
 )
 
 SUMMARY = "finetune.json"
@@ -78,10 +79,7 @@ def _run(config, recipe, weights, data, dist, log) -> Path:
     state = _resume(out / LAST, bare, optimizer, scheduler, config, log)
     if dist.is_main:
         save_resolved(config, out)
-    autocast = autocast_for(dist.device, config.train.precision)
-    ctx = StepContext(optimizer, scheduler, masked_bce, make_preparer(config, recipe, dist, training=True), autocast,
-                      steps, seed=config.train.seed, rank=dist.rank, log=log, log_every=config.train.log_every,
-                      check_every=check_interval(dist.device))
+    ctx = make_step_context(config, recipe, dist, optimizer, scheduler, steps, log)
     val_prepare = make_preparer(config, recipe, dist, training=False)
     log(f"{config.run_id}: {recipe.architecture} {config.train.mode}, {len(data.train):,} train / "
         f"{len(data.validate):,} validation images, {recipe.epochs} epochs x {steps} steps, global batch "
@@ -91,7 +89,7 @@ def _run(config, recipe, weights, data, dist, log) -> Path:
         torch.manual_seed(epoch_seed(config.train.seed, epoch, dist.rank))  # DropPath masks: same after a resume
         start = time.perf_counter()
         stats = train_one_epoch(model, train_loader, epoch, ctx)
-        logits = gather_logits(model, val_loader, val_prepare, autocast, len(data.validate))
+        logits = gather_logits(model, val_loader, val_prepare, ctx.autocast, len(data.validate))
         stats.update(validation_metrics(data.validate.targets, logits), epoch_s=time.perf_counter() - start)
         _end_epoch(out, stats, state, bare, optimizer, scheduler, config, dist, log, recipe.epochs)
     if snapshot is not None:

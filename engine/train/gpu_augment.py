@@ -233,7 +233,7 @@ class BatchAugment:
         if device not in self._device_constants:
             cpu = {"fill": torch.tensor(self.fill, dtype=torch.float64), "scale": torch.tensor([255.0]).view(1, 1, 1),
                    "mean": self.mean, "std": self.std}
-            self._device_constants[device] = {k: v.to(device) for k, v in cpu.items()}
+            self._device_constants[device] = {k: ops.to_device(v, device) for k, v in cpu.items()}
         return self._device_constants[device]
 
     def _apply_layer(self, x: torch.Tensor, plan: AugmentPlan, layer: int) -> torch.Tensor:

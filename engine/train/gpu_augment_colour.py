@@ -27,11 +27,12 @@ def auto_contrast(x: torch.Tensor) -> torch.Tensor:
 
 
 def _histogram(x: torch.Tensor) -> torch.Tensor:
-    """Per image and channel histogram [B, C, 256] (int64)."""
+    """Per image and channel histogram [B, C, 256] (int64). A scatter-add into fixed bins, not torch.bincount: CUDA's
+    bincount reads the input's min and max back to the host to size its output, which stalls the training queue."""
     b, c = x.shape[:2]
-    offsets = torch.arange(b * c, device=x.device)[:, None] * 256
-    flat = (x.reshape(b * c, -1).long() + offsets).reshape(-1)
-    return torch.bincount(flat, minlength=b * c * 256).view(b, c, 256)
+    counts = torch.zeros(b, c, 256, dtype=torch.int64, device=x.device)
+    return counts.scatter_add_(2, x.reshape(b, c, -1).long(), torch.ones(1, dtype=torch.int64, device=x.device)
+                               .expand(b, c, x.shape[2] * x.shape[3]))
 
 
 def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:

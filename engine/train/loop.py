@@ -111,13 +111,13 @@ def _step_seed(seed: int, global_step: int, rank: int) -> int:
 @torch.no_grad()
 def predict_batches(model: torch.nn.Module, batches: Iterable, prepare: Callable,
                     autocast: Callable[[], contextlib.AbstractContextManager]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [N, 14] (float32, CPU) and dataset indices [N] of every batch, in loader order."""
+    """Logits [N, 14] (float32, CPU) and dataset indices [N] of every batch, in loader order. The logits stay on the
+    device until the end: one host sync in all, so the host queues batch k + 1 while the device runs batch k."""
     model.eval()
     logits, indices = [], []
     for batch in batches:
         inputs, _, index = prepare(batch, None)
         with autocast():
-            out = model(inputs)
-        logits.append(out.float().cpu())
+            logits.append(model(inputs).float())
         indices.append(torch.as_tensor(index))
-    return torch.cat(logits), torch.cat(indices)
+    return torch.cat(logits).cpu(), torch.cat(indices)

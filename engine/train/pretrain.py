@@ -39,7 +39,7 @@ from engine.train.checkpoint import (
     write_epoch_log,
 )
 from engine.train.data import make_loader, per_rank_batch
-from engine.train.loop import StepContext, autocast_for, epoch_seed, train_one_epoch
+from engine.train.loop import StepContext, autocast_for, check_interval, epoch_seed, train_one_epoch
 from engine.train.pretrain_data import PoolData, PoolImages, ViewWarp, load_pool, pool_facts
 from engine.train.setup import make_scheduler
 
@@ -146,7 +146,8 @@ def make_training(config: PretrainConfig, recipe: PretrainRecipe, pool: PoolData
                     interpolation=config.augment.interpolation)
     ctx = StepContext(optimizer, scheduler, loss_function(config.method), warp,
                       autocast_for(dist.device, config.train.precision), steps, seed=config.train.seed,
-                      rank=dist.rank, after_step=after_step, log=log, log_every=config.train.log_every)
+                      rank=dist.rank, after_step=after_step, log=log, log_every=config.train.log_every,
+                      check_every=check_interval(dist.device))
     return Training(model, bare, loader, ctx, steps)
 
 

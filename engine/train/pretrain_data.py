@@ -187,8 +187,8 @@ class ViewWarp:
         images = images.to(self.device, non_blocking=True)
         pixels = images.unsqueeze(1).float().div_(255.0)  # [N, 1, C, C]
         pixels = pixels.repeat_interleave(views, dim=0) if views > 1 else pixels  # [N*V, 1, C, C]
-        grid = F.affine_grid(thetas.to(self.device).view(n * views, 2, 3), [n * views, 1, self.size, self.size],
-                             align_corners=False)
+        thetas = thetas.to(self.device, non_blocking=True).view(n * views, 2, 3)
+        grid = F.affine_grid(thetas, [n * views, 1, self.size, self.size], align_corners=False)
         warped = F.grid_sample(pixels, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False)
         warped = (warped.clamp_(0.0, 1.0) - self.mean) / self.std  # [N*V, 3, S, S] (grey broadcast to RGB)
         inputs = warped if views == 1 else warped.view(n, views, 3, self.size, self.size)

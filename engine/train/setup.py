@@ -25,6 +25,8 @@ from engine.train.batches import BatchPreparer
 from engine.train.data import CachedImages, make_loader, per_rank_batch, timm_train_transform
 from engine.train.device_batches import DeviceBatches, fits_on_device, split_bytes
 from engine.train.distributed import Dist
+from engine.train.evaluate import masked_bce
+from engine.train.loop import StepContext, autocast_for, check_interval
 from engine.train.split_table import SplitTable, read_cohort_for_training, split_table
 
 
@@ -155,3 +157,13 @@ def make_preparer(config: FinetuneConfig, recipe: Recipe, dist: Dist, *, trainin
     augment = batch_augment(config, recipe) if training else None
     return BatchPreparer(dist.device, size=config.model.input_size, mean=recipe.mean, std=recipe.std,
                          augment=augment, channels_last=channels_last)
+
+
+def make_step_context(config: FinetuneConfig, recipe: Recipe, dist: Dist, optimizer, scheduler, steps: int,
+                      log) -> StepContext:
+    """The shared loop's context for fine-tuning: masked BCE, the training batch preparer, autocast, loss checks
+    every check_interval steps (tests/test_host_sync.py audits the host syncs of an epoch built by this)."""
+    return StepContext(optimizer, scheduler, masked_bce, make_preparer(config, recipe, dist, training=True),
+                       autocast_for(dist.device, config.train.precision), steps, seed=config.train.seed,
+                       rank=dist.rank, log=log, log_every=config.train.log_every,
+                       check_every=check_interval(dist.device))
