@@ -18,6 +18,7 @@ import resource
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,23 +110,32 @@ def raw_rate(config: FinetuneConfig, dist: Dist, steps: int, warmup: int) -> flo
     return steps * batch / (time.perf_counter() - start)
 
 
-def engine_rate(config: FinetuneConfig, dist: Dist) -> float:
-    """Images/s of the engine's loop: epoch 0 warms up (workers, compile), epoch 1 is measured."""
+def engine_rate(config: FinetuneConfig, dist: Dist) -> tuple[float, list[str]]:
+    """Images/s of the engine's loop (epoch 0 warms up: workers, compile; epoch 1 is measured) and, on CUDA, the
+    host syncs of the measured epoch as CUDA's sync debug mode reports them (expected: the loss checks at step 0
+    and at the end of the epoch; tests/test_host_sync.py predicts this on the meta device)."""
     recipe = resolve_recipe(config)
     data = load_data(config)
     model, bare, _ = make_model(config, recipe, None, dist)
     train_loader, _, steps = make_loaders(config, recipe, data, dist)
     optimizer = make_optimizer(bare, recipe, probe=False)
     ctx = make_step_context(config, recipe, dist, optimizer, make_scheduler(optimizer, recipe, steps), steps, log=None)
-    rate = 0.0
+    rate, syncs = 0.0, []
     for epoch in range(2):
         train_loader.sampler.set_epoch(epoch)
         sync(dist.device)
-        start = time.perf_counter()
-        stats = train_one_epoch(model, train_loader, epoch, ctx)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if dist.device.type == "cuda" and epoch == 1:
+                torch.cuda.set_sync_debug_mode("warn")
+            start = time.perf_counter()
+            stats = train_one_epoch(model, train_loader, epoch, ctx)
+            if dist.device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
         sync(dist.device)
         rate = stats["steps"] * recipe.batch_size / (time.perf_counter() - start)
-    return rate
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    return rate, syncs
 
 
 @torch.no_grad()
@@ -178,7 +188,7 @@ def main() -> None:
         raw_memory = peak_memory(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        engine = engine_rate(config, dist)
+        engine, syncs = engine_rate(config, dist)
         engine_memory = peak_memory(device)
         predict = predict_rates(config, dist) if args.predict else None
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), torch "
@@ -188,6 +198,9 @@ def main() -> None:
     print(f"raw timm step   {raw:9.1f} images/s   peak {raw_memory}")
     print(f"engine loop     {engine:9.1f} images/s   peak {engine_memory}")
     print(f"ratio engine / raw = {engine / raw:.3f}")
+    if device.type == "cuda":
+        print(f"host syncs in the measured epoch of {args.steps} steps: {len(syncs)} (expected 2: the loss checks at "
+              f"step 0 and at the end)" + "".join(f"\n  {line}" for line in syncs[:5]))
     if predict is not None:
         print(f"prediction: raw forward {predict[0]:.1f} images/s, engine scoring {predict[1]:.1f} images/s, "
               f"ratio {predict[1] / predict[0]:.3f}")
