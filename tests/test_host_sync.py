@@ -35,6 +35,7 @@ from engine.train.setup import (
     make_scheduler,
     make_step_context,
 )
+from engine.train.transfer import to_device
 
 ON_META = Dist(rank=0, world=1, local_rank=0, device=META)
 STEPS = 6
@@ -50,20 +51,28 @@ def one_thread():
 
 def test_the_recorder_sees_every_kind_of_host_sync():
     x, factory = torch.ones(4, device=META), torch.tensor
+    syncing = [
+        ("item", lambda: x.sum().item()),
+        ("to host", x.cpu),
+        ("blocking", lambda: torch.ones(2).to(META)),
+        ("factory", lambda: torch.tensor([1.0], device=META)),
+        ("pageable", lambda: torch.ones(2).to(META, non_blocking=True)),  # the driver may sync the stream to stage it
+    ]
+    data_dependent = [("nonzero", x.nonzero), ("mask", lambda: x[x > 0]),
+                      ("bincount", lambda: torch.bincount(x.long()))]
     recorder = SyncRecorder()
     with recorder:
-        for tag, action in [("item", lambda: x.sum().item()), ("to host", x.cpu), ("blocking", lambda: torch.ones(2).to(
-                META)), ("factory", lambda: torch.tensor([1.0], device=META)), ("async", lambda: torch.ones(2).to(
-                    META, non_blocking=True))]:
+        for tag, action in syncing:
             recorder.tag = tag
             action()
-        for tag, action in [("nonzero", x.nonzero), ("mask", lambda: x[x > 0]),
-                            ("bincount", lambda: torch.bincount(x.long()))]:
+        for tag, action in data_dependent:
             recorder.tag = tag
             with pytest.raises((RuntimeError, NotImplementedError)):
                 action()
-    assert [event.split(":")[0] for event in recorder.events] == ["item", "to host", "blocking", "factory", "nonzero",
-                                                                  "mask", "bincount"]
+        recorder.tag = "to_device"
+        to_device(torch.ones(2), META)  # pinned first on CUDA: not a sync
+        x.view(2, 2).add(1)
+    assert [event.split(":")[0] for event in recorder.events] == [tag for tag, _ in syncing + data_dependent]
     assert torch.tensor is factory  # the wrapped factories are restored on exit
 
 

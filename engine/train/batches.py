@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import torch
 
+from engine.train.transfer import to_device
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -60,7 +62,7 @@ class BatchPreparer:
 
     def __call__(self, batch: Batch, step_seed: int | None = None) -> Batch:
         images, targets, indices = batch
-        images = images.to(self.device, non_blocking=True)
+        images = to_device(images, self.device)  # pinned by the loader on CUDA, or already on the device
         if images.dtype == torch.uint8:
             if images.ndim == 4:  # the loader's transform cropped and augmented each image: normalise only
                 images = normalise_rgb(images, self.table)
@@ -71,4 +73,4 @@ class BatchPreparer:
                 images = centre_crop_normalise(images, self.size, self.mean_t, self.std_t)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, targets.to(self.device, non_blocking=True), indices
+        return images, to_device(targets, self.device), indices

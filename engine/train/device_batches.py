@@ -18,6 +18,7 @@ import torch
 from engine.data.cache_read import ImageCache
 from engine.train.data import EPOCH_STRIDE, Batch, EpochSampler
 from engine.train.split_table import SplitTable
+from engine.train.transfer import to_device
 
 DEVICE_SHARE = 0.4  # at most this share of the free device memory holds cached images (the model needs the rest)
 
@@ -55,7 +56,8 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         indices = torch.tensor(list(self.sampler), dtype=torch.int64) % EPOCH_STRIDE
+        on_device = to_device(indices, self.device)  # the epoch's order in one copy; batches are slices of it
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = indices[start:start + self.batch_size]
-            on_device = index.to(self.device, non_blocking=True)
-            yield self.images.index_select(0, on_device), self.targets.index_select(0, on_device), index
+            index = on_device[start:start + self.batch_size]
+            yield (self.images.index_select(0, index), self.targets.index_select(0, index),
+                   indices[start:start + self.batch_size])

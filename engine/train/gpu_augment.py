@@ -24,6 +24,7 @@ import torch
 
 from engine.train import gpu_augment_colour as colour
 from engine.train import gpu_augment_ops as ops
+from engine.train.transfer import to_device
 
 LEVEL_DENOM = 10.0  # timm auto_augment._LEVEL_DENOM
 # timm auto_augment._RAND_INCREASING_TRANSFORMS and _RAND_TRANSFORMS, in timm's order.
@@ -233,7 +234,7 @@ class BatchAugment:
         if device not in self._device_constants:
             cpu = {"fill": torch.tensor(self.fill, dtype=torch.float64), "scale": torch.tensor([255.0]).view(1, 1, 1),
                    "mean": self.mean, "std": self.std}
-            self._device_constants[device] = {k: ops.to_device(v, device) for k, v in cpu.items()}
+            self._device_constants[device] = {k: to_device(v, device) for k, v in cpu.items()}
         return self._device_constants[device]
 
     def _apply_layer(self, x: torch.Tensor, plan: AugmentPlan, layer: int) -> torch.Tensor:
@@ -249,8 +250,8 @@ class BatchAugment:
             if name in GEOMETRIC:
                 geometric.append((chosen, affine_matrix(name, arg, x.shape[-1]), plan.op_bicubic[chosen, layer]))
             else:
-                idx = ops.to_device(chosen, device)
-                x[idx] = PIXEL_OPS[name](x[idx], ops.to_device(arg, device))
+                idx = to_device(chosen, device)
+                x[idx] = PIXEL_OPS[name](x[idx], to_device(arg, device))
         if geometric:
             self._geometric(x, plan, layer, *(torch.cat(parts) for parts in zip(*geometric, strict=True)))
         return x
@@ -266,9 +267,9 @@ class BatchAugment:
             for is_grey in (True, False):
                 part = (bicubic == use_bicubic) & (grey == is_grey)
                 if bool(part.any()):
-                    idx = ops.to_device(chosen[part], x.device)
+                    idx = to_device(chosen[part], x.device)
                     src = x[idx, :1] if is_grey else x[idx]
-                    x[idx] = ops.affine(src, ops.to_device(matrix[part], x.device), fill, use_bicubic)
+                    x[idx] = ops.affine(src, to_device(matrix[part], x.device), fill, use_bicubic)
 
     def apply(self, images_u8: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
         """images [N, H, W] uint8 (grey, H = W = plan.source_size) -> float32 [N, 3, S, S], normalised."""

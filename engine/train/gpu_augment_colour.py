@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.train.gpu_augment_ops import to_device
+from engine.train.transfer import to_device
 
 
 # ------------------------------------------------------------------------------------------------ point ops

@@ -15,6 +15,8 @@ import math
 import PIL
 import torch
 
+from engine.train.transfer import to_device
+
 PILLOW_VERSION = tuple(int(v) for v in PIL.__version__.split(".")[:2])
 PRECISION_BITS = 22  # Resample.c: 32 - 8 - 2
 BICUBIC_A = -0.5  # Resample.c bicubic_filter (the affine transform's cubic in Geometry.c uses a = -1)
@@ -66,12 +68,6 @@ def _dense(cols: torch.Tensor, weights: torch.Tensor, src_len: int) -> torch.Ten
     n, out_len, ksize = cols.shape
     dense = torch.zeros(n, out_len, src_len + ksize, dtype=torch.float64, device=cols.device)
     return dense.scatter_(2, cols, weights)[..., :src_len]
-
-
-def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Copy a small CPU tensor to device without waiting for the stream: cudaMemcpyAsync stages pageable memory
-    at once (CUDA 'API synchronization behavior'), and pinning each small tensor costs more than it saves."""
-    return t.to(device, non_blocking=True)
 
 
 def _fixed_point_to_u8(acc: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,9 @@ CUDA run would block the host shows up here as an operation this recorder sees:
 
 - ``item()`` / ``bool()`` / ``float()`` of a device tensor (``aten._local_scalar_dense``) and device-to-host copies
   (``.cpu()``, ``.numpy()`` via a copy): recorded, answered with zeros so the code runs on;
-- host-to-device copies without ``non_blocking=True`` (PyTorch then calls cudaStreamSynchronize after the copy):
-  recorded;
+- host-to-device copies without ``non_blocking=True`` (PyTorch then calls cudaStreamSynchronize after the copy),
+  and non-blocking ones from pageable memory not made by ``engine.train.transfer.to_device`` (the CUDA driver may
+  synchronise the stream to stage them; ``to_device`` pins them on CUDA): recorded;
 - ``torch.tensor(data, device=...)`` / ``torch.as_tensor``: their copy runs below the dispatcher, so the two
   functions are wrapped while recording;
 - operations whose output shape depends on the data (nonzero, boolean-mask indexing, unique, bincount: CUDA reads
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from engine.train.transfer import inside_to_device
 
 META = torch.device("meta")
 DATA_DEPENDENT = ("nonzero", "masked_select", "unique", "bincount", "repeat_interleave", "histc")
@@ -88,8 +91,11 @@ class SyncRecorder(TorchDispatchMode):
             self.events.append(f"{self.tag}: device-to-host copy of {tuple(source.shape)}")
             shaped = torch.zeros(source.shape, dtype=kwargs.get("dtype") or source.dtype)
             return args[0].copy_(shaped) if name == "copy_" else shaped
-        if source.device.type == "cpu" and target == "meta" and not _non_blocking(name, args, kwargs):
-            self.events.append(f"{self.tag}: blocking host-to-device copy of {tuple(source.shape)}")
+        if source.device.type == "cpu" and target == "meta":
+            if not _non_blocking(name, args, kwargs):
+                self.events.append(f"{self.tag}: blocking host-to-device copy of {tuple(source.shape)}")
+            elif not (inside_to_device() or source.is_pinned()):
+                self.events.append(f"{self.tag}: pageable host-to-device copy of {tuple(source.shape)}")
         return func(*args, **kwargs)
 
 

@@ -29,6 +29,7 @@ from engine.data.io import read_table, require_columns
 from engine.data.pools import composition, pool_report_path
 from engine.pretrain_config import PretrainConfig
 from engine.train.data import EPOCH_STRIDE, sample_seed
+from engine.train.transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,12 @@ class ViewWarp:
     def __call__(self, batch, step_seed: int | None = None):
         images, (thetas, noise), indices = batch
         n, views = thetas.shape[:2]
-        images = images.to(self.device, non_blocking=True)
+        images = to_device(images, self.device)
         pixels = images.unsqueeze(1).float().div_(255.0)  # [N, 1, C, C]
         pixels = pixels.repeat_interleave(views, dim=0) if views > 1 else pixels  # [N*V, 1, C, C]
-        thetas = thetas.to(self.device, non_blocking=True).view(n * views, 2, 3)
+        thetas = to_device(thetas, self.device).view(n * views, 2, 3)
         grid = F.affine_grid(thetas, [n * views, 1, self.size, self.size], align_corners=False)
         warped = F.grid_sample(pixels, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False)
         warped = (warped.clamp_(0.0, 1.0) - self.mean) / self.std  # [N*V, 3, S, S] (grey broadcast to RGB)
         inputs = warped if views == 1 else warped.view(n, views, 3, self.size, self.size)
-        return inputs, noise.to(self.device, non_blocking=True), indices
+        return inputs, to_device(noise, self.device), indices
