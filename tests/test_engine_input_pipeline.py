@@ -53,6 +53,15 @@ class PerImage(Dataset):
         return image, self.targets[index], index
 
 
+@pytest.fixture(params=[(rank, world, shuffle, drop_last) for rank, world in [(0, 1), (0, 2), (1, 2)]
+                        for shuffle in (True, False) for drop_last in (True, False)],
+                ids=lambda p: "rank{}-world{}-shuffle{}-droplast{}".format(*p))
+def sampling(request) -> dict:
+    """Batch options of every rank / world / shuffle / drop_last combination (batch 4, seed 7)."""
+    rank, world, shuffle, drop_last = request.param
+    return {"batch_size": 4, "rank": rank, "world": world, "shuffle": shuffle, "seed": 7, "drop_last": drop_last}
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> tuple[ImageCache, SplitTable]:
     """A 40 px cache of 30 noise images and a 23-image table whose rows are out of cache order, NaN targets too."""
@@ -94,14 +103,10 @@ def assert_same_batches(got: list, want: list) -> None:
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)  # dtype and shape too
 
 
-@pytest.mark.parametrize("rank,world", [(0, 1), (0, 2), (1, 2)])
-@pytest.mark.parametrize("shuffle", [True, False])
-@pytest.mark.parametrize("drop_last", [True, False])
-def test_whole_batch_reads_give_the_per_image_batches(images, rank, world, shuffle, drop_last):
+def test_whole_batch_reads_give_the_per_image_batches(images, sampling):
     cache, table = images
-    options = {"batch_size": 4, "rank": rank, "world": world, "shuffle": shuffle, "seed": 7, "drop_last": drop_last}
-    loader = make_loader(CachedImages(cache, table), workers=0, pin_memory=False, **options)
-    reference = reference_loader(PerImage(cache, table), **options)
+    loader = make_loader(CachedImages(cache, table), workers=0, pin_memory=False, **sampling)
+    reference = reference_loader(PerImage(cache, table), **sampling)
     assert len(loader) == len(reference)
     assert_same_batches(epochs_of(loader), epochs_of(reference))
 
@@ -152,16 +157,12 @@ def test_uint8_timm_transform_gives_the_float_path_model_input(images, workers):
     assert_same_batches([prepare(b, 0) for b in new_batches], [prepare(b, 0) for b in old_batches])
 
 
-@pytest.mark.parametrize("rank,world", [(0, 1), (0, 2), (1, 2)])
-@pytest.mark.parametrize("shuffle", [True, False])
-@pytest.mark.parametrize("drop_last", [True, False])
-def test_device_resident_batches_equal_the_loader(images, rank, world, shuffle, drop_last):
+def test_device_resident_batches_equal_the_loader(images, sampling):
     from engine.train.device_batches import DeviceBatches
 
     cache, table = images
-    options = {"batch_size": 4, "rank": rank, "world": world, "shuffle": shuffle, "seed": 7, "drop_last": drop_last}
-    resident = DeviceBatches(cache, table, device=torch.device("cpu"), **options)
-    loader = make_loader(CachedImages(cache, table), workers=0, pin_memory=False, **options)
+    resident = DeviceBatches(cache, table, device=torch.device("cpu"), **sampling)
+    loader = make_loader(CachedImages(cache, table), workers=0, pin_memory=False, **sampling)
     assert len(resident) == len(loader)
     assert_same_batches(epochs_of(resident), epochs_of(loader))
 

@@ -54,11 +54,10 @@ class BatchPreparer:
 
     def __init__(self, device: torch.device, *, size: int, mean, std, augment: Callable | None = None,
                  channels_last: bool = False):
-        self.device, self.size, self.mean, self.std = device, size, mean, std
+        self.device, self.size = device, size
         self.augment, self.channels_last = augment, channels_last
         self.table = normalisation_table(mean, std).to(device)
-        self.mean_t, self.std_t = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1).to(device)
-                                   for v in (mean, std))
+        self.mean, self.std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1).to(device) for v in (mean, std))
 
     def __call__(self, batch: Batch, step_seed: int | None = None) -> Batch:
         images, targets, indices = batch
@@ -70,7 +69,7 @@ class BatchPreparer:
                 generator = torch.Generator().manual_seed(step_seed)
                 images = self.augment(images, generator)
             else:
-                images = centre_crop_normalise(images, self.size, self.mean_t, self.std_t)
+                images = centre_crop_normalise(images, self.size, self.mean, self.std)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, to_device(targets, self.device), indices

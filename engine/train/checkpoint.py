@@ -101,6 +101,14 @@ def is_done(out_dir: str | Path, summary: str, config_hash: str) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("config_hash") == config_hash
 
 
+def report_if_done(out_dir: str | Path, summary: str, config_hash: str, run_id: str, log) -> bool:
+    """``is_done``, saying so in the log: a stage whose run is finished returns at once."""
+    if not is_done(out_dir, summary, config_hash):
+        return False
+    log(f"{run_id}: already finished ({Path(out_dir) / summary}); nothing to do")
+    return True
+
+
 def configure_determinism(deterministic: bool) -> None:
     """Deterministic kernels when asked (tests, resume checks); otherwise cuDNN autotuning and TF32 on GPUs."""
     if deterministic:

@@ -27,6 +27,7 @@ from engine.train.checkpoint import (
     atomic_save,
     configure_determinism,
     is_done,
+    report_if_done,
     restore_training_state,
     save_training_state,
     write_epoch_log,
@@ -54,10 +55,8 @@ def is_finished(config: FinetuneConfig) -> bool:
 
 def finetune(config: FinetuneConfig, *, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) the fine-tuning job described by ``config``; return its output folder."""
-    out = Path(config.out_dir)
-    if is_finished(config):
-        log(f"{config.run_id}: already finished ({out / SUMMARY}); nothing to do")
-        return out
+    if report_if_done(config.out_dir, SUMMARY, config_hash(config), config.run_id, log):
+        return Path(config.out_dir)
     recipe, weights = check_inputs(config)
     data = load_data(config)
     configure_determinism(config.train.deterministic)

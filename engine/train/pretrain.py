@@ -33,7 +33,7 @@ from engine.train.checkpoint import (
     LAST,
     atomic_save,
     configure_determinism,
-    is_done,
+    report_if_done,
     restore_training_state,
     save_training_state,
     write_epoch_log,
@@ -46,17 +46,10 @@ from engine.train.setup import make_scheduler
 SUMMARY, ENCODER, FACTS, SNAPSHOTS = "pretrain.json", "encoder.pth", "pretraining.json", "snapshots"
 
 
-def is_finished(config: PretrainConfig) -> bool:
-    """True when ``out_dir`` holds a finished run of exactly this config."""
-    return is_done(config.out_dir, SUMMARY, config_hash(config))
-
-
 def pretrain(config: PretrainConfig, *, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) the pre-training job described by ``config``; return its output folder."""
-    out = Path(config.out_dir)
-    if is_finished(config):
-        log(f"{config.run_id}: already finished ({out / SUMMARY}); nothing to do")
-        return out
+    if report_if_done(config.out_dir, SUMMARY, config_hash(config), config.run_id, log):
+        return Path(config.out_dir)
     recipe = resolve_pretrain(config)
     pool = load_pool(config)  # every pool image is checked against the caches before any compute
     configure_determinism(config.train.deterministic)
